@@ -1,0 +1,5 @@
+import sys
+
+from wattcast.cli import main
+
+sys.exit(main())

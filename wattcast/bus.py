@@ -1,0 +1,262 @@
+"""The message bus at the edge of every node.
+
+Nodes see only :class:`Bus`: ``publish``, ``subscribe`` and an ``inbox`` queue of
+:class:`Message`.  Two implementations:
+
+* :class:`MemoryBus`, an in-process fake for fast unit tests of node logic;
+* :class:`MqttBus`, paho-mqtt 2.x.  Paho's callbacks only put messages in the inbox;
+  domain code (parsing, inference, scoring) runs on the node's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    received_at: float = 0.0
+
+
+class Bus(Protocol):
+    inbox: queue.Queue[Message]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+    def subscribe(self, *filters: str, qos: int = 1) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
+    p, t = pattern.split("/"), topic.split("/")
+    for i, part in enumerate(p):
+        if part == "#":
+            return True
+        if i >= len(t) or (part != "+" and part != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+class MemoryHub:
+    """A broker in memory: delivers every publish to the matching MemoryBus inboxes."""
+
+    def __init__(self) -> None:
+        self._buses: list[MemoryBus] = []
+        self._retained: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def connect(self) -> MemoryBus:
+        bus = MemoryBus(self)
+        with self._lock:
+            self._buses.append(bus)
+        return bus
+
+    def _route(self, topic: str, payload: bytes, retain: bool) -> None:
+        with self._lock:
+            if retain:
+                self._retained[topic] = payload
+            targets = [b for b in self._buses if b.wants(topic)]
+        now = time.time()
+        for bus in targets:
+            bus.inbox.put(Message(topic, payload, False, now))
+
+    def _retained_for(self, pattern: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return [(t, p) for t, p in self._retained.items() if topic_matches(pattern, t)]
+
+
+class MemoryBus:
+    def __init__(self, hub: MemoryHub | None = None) -> None:
+        self.hub = hub or MemoryHub()
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.filters: list[str] = []
+        self.published: list[Message] = []
+
+    def wants(self, topic: str) -> bool:
+        return any(topic_matches(f, topic) for f in self.filters)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        self.published.append(Message(topic, payload, retain, time.time()))
+        self.hub._route(topic, payload, retain)
+
+    def subscribe(self, *filters: str, qos: int = 1) -> None:
+        for f in filters:
+            self.filters.append(f)
+            for topic, payload in self.hub._retained_for(f):
+                self.inbox.put(Message(topic, payload, True, time.time()))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self.hub._lock:
+            if self in self.hub._buses:
+                self.hub._buses.remove(self)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where and how a node connects: built once at the entry point."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+
+    @classmethod
+    def from_url(cls, url: str, username: str | None = None, password: str | None = None) -> BrokerConfig:
+        """``mqtt://[user:pass@]host[:port]`` (or plain ``host:port``)."""
+        if "://" not in url:
+            url = "mqtt://" + url
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://host:port)")
+        if not u.hostname:
+            raise ValueError(f"broker URL without a host: {url!r}")
+        return cls(
+            host=u.hostname,
+            port=u.port or 1883,
+            username=u.username or username,
+            password=u.password or password,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass
+class MqttBus:
+    """paho-mqtt client behind the :class:`Bus` interface.
+
+    ``session`` keeps a persistent session (clean_session=False) under a fixed
+    ``client_id`` so that a node which reconnects, or a broker that restarts with
+    persistence on, delivers the QoS 1 messages queued in between.
+    """
+
+    broker: BrokerConfig
+    client_id: str
+    session: bool = True
+    will: tuple[str, bytes] | None = None
+    max_inflight: int = 100
+    inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
+
+    def __post_init__(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._mqtt = mqtt
+        self._filters: dict[str, int] = {}
+        self._pending: deque = deque()
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self.reconnects = 0
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=not self.session,
+            protocol=mqtt.MQTTv311,
+        )
+        if self.broker.username:
+            c.username_pw_set(self.broker.username, self.broker.password)
+        if self.will:
+            c.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        c.max_inflight_messages_set(self.max_inflight)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(min_delay=0.2, max_delay=2)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self.client = c
+
+    # -- paho callbacks: network thread, no domain code -------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused connection: %s", self.broker.url, reason_code)
+            self.refused = str(reason_code)
+            return
+        with self._lock:
+            filters = list(self._filters.items())
+        if filters:
+            client.subscribe(filters)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected.is_set():
+            self.reconnects += 1
+            log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
+        self._connected.clear()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time()))
+
+    # -- Bus ---------------------------------------------------------------------------
+    refused: str | None = None
+
+    def connect(self, timeout: float = 10.0) -> MqttBus:
+        """Connect and start the network loop; raises ConnectionError with one clear line."""
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach MQTT broker at {self.broker.url}: {exc}") from None
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.client.loop_stop()
+            why = self.refused or "no answer"
+            raise ConnectionError(f"MQTT broker at {self.broker.url} did not accept the connection: {why}")
+        return self
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            self._pending.append(info)
+            # Flow control: never let more than a bounded number of QoS>0 messages wait
+            # for their acknowledgement; the caller blocks here instead.
+            while len(self._pending) > 4 * self.max_inflight:
+                self._pending.popleft().wait_for_publish(timeout=60)
+
+    def subscribe(self, *filters: str, qos: int = 1) -> None:
+        with self._lock:
+            for f in filters:
+                self._filters[f] = qos
+        if self._connected.is_set():
+            self.client.subscribe([(f, qos) for f in filters])
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every QoS>0 publish so far is acknowledged by the broker."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._pending:
+            info = self._pending[0]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                info.wait_for_publish(timeout=left)
+            except RuntimeError:
+                # Not queued by paho (disconnected): paho re-sends on reconnect.
+                time.sleep(0.05)
+            if info.is_published():
+                self._pending.popleft()
+            elif deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()

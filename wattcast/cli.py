@@ -1,0 +1,213 @@
+"""The ``wattcast`` command: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from wattcast import __version__
+from wattcast.config import ENV_MODELS_DIR, add_broker_args, add_data_args
+from wattcast.messages import MODELS
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out (one-line message, exit 2)."""
+
+
+def _models_dir(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+# ----------------------------------------------------------------------- subcommands
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from wattcast.download import download_dataset
+
+    path = download_dataset(url=args.url, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                            sha256=args.sha256, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from wattcast.data import load_split
+
+    split = load_split(args.data, args.fraction, args.seed)
+    print(json.dumps(split.info, indent=2))
+    return 0
+
+
+def cmd_data_extract(args: argparse.Namespace) -> int:
+    from wattcast.data import DEFAULT_FRACTION, extract_block
+
+    n = extract_block(args.data, args.out, args.fraction or DEFAULT_FRACTION, args.seed)
+    print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wattcast.data import load_split
+
+    names = ["lstm", "lstm-augmented"] if args.model == "all" else [args.model]
+    split = load_split(args.data, args.fraction, args.seed)
+    try:
+        from wattcast.training import TrainOptions, train
+    except ImportError as exc:
+        raise UsageError(f"training needs TensorFlow ({exc.name} is missing): pip install 'wattcast[train]'") from None
+    out = Path(args.out) if args.out else _default_models_dir()
+    units = tuple(int(u) for u in args.units.split(",")) if args.units else None
+    for name in names:
+        meta = train(name, split, out, TrainOptions(seed=args.train_seed, epochs=args.epochs, units=units))
+        v = meta["validation"]
+        print(f"{name}: n={v['n']} mse={v['mse']:.4f} rmse={v['rmse']:.4f} mae={v['mae']:.4f} -> {out / name}")
+    return 0
+
+
+def _default_models_dir() -> Path:
+    from wattcast.forecasters import default_models_dir
+
+    return default_models_dir()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from wattcast.data import load_split
+    from wattcast.evaluation import evaluate
+    from wattcast.forecasters import load_model
+
+    split = load_split(args.data, args.fraction, args.seed)
+    results = {}
+    for name in args.models:
+        model = load_model(name, _models_dir(args.models_dir), mu=args.mu)
+        results[name] = evaluate(model, split.val).to_dict()
+    if args.json:
+        print(json.dumps({"split": split.info, "models": results}, indent=2))
+        return 0
+    info = split.info
+    print(f"validation split: {info['val_rows']} readings {info['val_window'][0]} .. {info['val_window'][1]} "
+          f"(source: {info['source']}, fraction {info['fraction']}, seed {info['seed']})")
+    print(f"{'model':<16}{'n':>7}{'MSE':>10}{'RMSE':>10}{'MAE':>10}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['n']:>7}{r['mse']:>10.4f}{r['rmse']:>10.4f}{r['mae']:>10.4f}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wattcast.runner import run_command
+
+    return run_command(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from wattcast.bench import bench_command
+
+    return bench_command(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from collector.report import build_report
+
+    paths = build_report(Path(args.db), Path(args.out), models_dir=_models_dir(args.models_dir))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from wattcast.config import broker_from_args
+    from wattcast.watch import watch
+
+    return watch(broker_from_args(args), houses=args.houses, duration=args.duration)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wattcast", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"wattcast {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("data", help="get, inspect or cut the meter data")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dl = dsub.add_parser("download", help="fetch the UCI archive to a local cache and verify it")
+    dl.add_argument("--url", default=None, help="archive URL (default: the UCI repository's zip)")
+    dl.add_argument("--cache-dir", default=None, help="where to keep it (default: ~/.cache/wattcast)")
+    dl.add_argument("--sha256", default=None, help="expected SHA-256 of household_power_consumption.txt")
+    dl.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
+    dl.set_defaults(func=cmd_data_download)
+    di = dsub.add_parser("info", help="print the split facts of a data file")
+    add_data_args(di)
+    di.set_defaults(func=cmd_data_info)
+    de = dsub.add_parser("extract", help="write the notebook's block of a UCI file, in the UCI format")
+    add_data_args(de)
+    de.add_argument("--out", required=True, help="output file (.txt or .txt.gz)")
+    de.set_defaults(func=cmd_data_extract)
+
+    t = sub.add_parser("train", help="train an LSTM model and write its artifact (needs TensorFlow)")
+    t.add_argument("--model", required=True, choices=["lstm", "lstm-augmented", "all"])
+    add_data_args(t)
+    t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the course's 100)")
+    t.add_argument("--units", default=None, help="LSTM units, comma-separated (default: the course's)")
+    t.add_argument("--train-seed", type=int, default=1234, help="seed of weights and shuffling (default %(default)s)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score every model on the validation split")
+    add_data_args(e)
+    e.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL")
+    e.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
+    e.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("run", help="replay the data through a live MQTT pipeline and score it")
+    from wattcast.runner import add_run_args
+
+    add_run_args(r)
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="measure throughput, latency and memory of the pipeline")
+    from wattcast.bench import add_bench_args
+
+    add_bench_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="build the HTML/Markdown report from a collector store")
+    rp.add_argument("--db", required=True, help="the collector's SQLite store")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder (loss curves)")
+    rp.set_defaults(func=cmd_report)
+
+    w = sub.add_parser("watch", help="follow the metrics of a running deployment")
+    add_broker_args(w)
+    w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
+    w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    w.set_defaults(func=cmd_watch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from wattcast.data import DataError
+    from wattcast.forecasters import ArtifactError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("wattcast: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, DataError, ArtifactError, ConnectionError, ValueError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"wattcast: error: {msg}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError | ValueError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

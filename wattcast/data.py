@@ -1,0 +1,233 @@
+"""The meter data: read, clean, subset and split exactly like the course notebook.
+
+Readers accept the UCI file as distributed (``household_power_consumption.txt``,
+``;``-separated, ``d/m/yyyy`` dates, ``?`` for missing, or the zip holding it,
+or a gzip of it like the shipped sample) and the course's cleaned CSV (with a
+``Datetime`` column).  Cleaning drops every row with a missing value.
+
+The split: ``size = int(rows * fraction)``, ``start = randint(0, rows - size)``
+from NumPy's legacy Mersenne Twister seeded with ``seed`` (what the notebook's
+``np.random.seed(1234); np.random.randint(...)`` draws, without touching the
+global RNG), the contiguous block ``[start, start + size)``, first 80 % train.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wattcast.messages import READING_FIELDS, Reading
+
+UCI_COLUMNS = [
+    "Global_active_power",
+    "Global_reactive_power",
+    "Voltage",
+    "Global_intensity",
+    "Sub_metering_1",
+    "Sub_metering_2",
+    "Sub_metering_3",
+]
+UCI_HEADER = "Date;Time;" + ";".join(UCI_COLUMNS)
+FIELD_OF = dict(zip(UCI_COLUMNS, READING_FIELDS, strict=True))
+UCI_MEMBER = "household_power_consumption.txt"
+
+DEFAULT_FRACTION = 0.01
+DEFAULT_SEED = 1234
+TRAIN_SHARE = 0.8
+
+SAMPLE_NAME = "household_power_2007-11-22_2007-12-06.txt.gz"
+
+
+class DataError(ValueError):
+    """An input file that cannot be read as meter data (one-line message)."""
+
+
+def sample_path() -> Path:
+    """The 20,492-row block shipped with wattcast (the course's 1 % subset)."""
+    return Path(str(resources.files("wattcast") / "sample" / SAMPLE_NAME))
+
+
+# ---------------------------------------------------------------------------- reading
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """A text stream of the file's content: plain, gzip, or the data member of a zip."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    try:
+        if zipfile.is_zipfile(path):
+            zf = zipfile.ZipFile(path)
+            names = [n for n in zf.namelist() if n.lower().endswith((".txt", ".csv"))]
+            if not names:
+                raise DataError(f"{path}: the zip holds no .txt or .csv file")
+            name = UCI_MEMBER if UCI_MEMBER in names else names[0]
+            return io.TextIOWrapper(zf.open(name), encoding="utf-8", errors="replace", newline="")
+        with path.open("rb") as fh:
+            magic = fh.read(2)
+        if magic == b"\x1f\x8b":
+            return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors="replace", newline="")
+        return path.open(encoding="utf-8", errors="replace", newline="")
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: cannot open: {exc}") from None
+
+
+def read_meter_file(path: str | Path) -> pd.DataFrame:
+    """Read and clean a meter file.
+
+    Returns one row per minute with columns ``datetime``, ``ts`` (unix seconds)
+    and the seven measurements named as in :data:`wattcast.messages.READING_FIELDS`.
+    Rows with a missing value are dropped; ``df.attrs["rows_raw"]`` keeps the count before.
+    """
+    path = Path(path)
+    with _open_text(path) as fh:
+        try:
+            header = fh.readline().strip().lstrip("\ufeff")
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: cannot read: {exc}") from None
+        if not header:
+            raise DataError(f"{path}: the file is empty")
+        sep = ";" if header.count(";") >= header.count(",") else ","
+        columns = [c.strip().strip('"') for c in header.split(sep)]
+        missing = [c for c in UCI_COLUMNS if c not in columns]
+        has_time = {"Date", "Time"} <= set(columns) or "Datetime" in columns
+        if missing or not has_time:
+            what = missing + ([] if has_time else ["Date;Time or Datetime"])
+            hint = ""
+            if len(columns) == 1:
+                hint = " (wrong separator? the UCI file uses ';', the cleaned CSV ',')"
+            raise DataError(f"{path}: missing column(s) {', '.join(what)}{hint}")
+        try:
+            raw = pd.read_csv(
+                fh, sep=sep, names=columns, header=None, dtype=str, na_values=["?", ""],
+                keep_default_na=False, engine="c",
+            )
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a well-formed {sep!r}-separated file: {str(exc).splitlines()[0]}") from None
+    if raw.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    rows_raw = len(raw)
+    raw = raw.dropna(subset=UCI_COLUMNS + (["Datetime"] if "Datetime" in columns else ["Date", "Time"]))
+
+    out = pd.DataFrame(index=raw.index)
+    if "Datetime" in columns:
+        stamp = pd.to_datetime(raw["Datetime"], errors="coerce", format="ISO8601")
+        bad_what = "Datetime"
+    else:
+        stamp = pd.to_datetime(raw["Date"] + " " + raw["Time"], format="%d/%m/%Y %H:%M:%S", errors="coerce")
+        bad_what = "Date/Time"
+    if stamp.isna().any():
+        i = int(np.flatnonzero(stamp.isna().to_numpy())[0])
+        raise DataError(f"{path}: row {raw.index[i] + 1}: {bad_what} is not a d/m/yyyy hh:mm:ss time")
+    for col in UCI_COLUMNS:
+        values = pd.to_numeric(raw[col], errors="coerce")
+        if values.isna().any():
+            i = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(f"{path}: row {raw.index[i] + 1}: {col} is not a number: {raw[col].iloc[i]!r:.40}")
+        out[FIELD_OF[col]] = values.astype(np.float64)
+    bad = ~np.isfinite(out.to_numpy()).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: row {out.index[int(np.flatnonzero(bad)[0])] + 1}: non-finite value")
+    out.insert(0, "datetime", stamp.dt.tz_localize(None) if stamp.dt.tz is not None else stamp)
+    # Explicit conversion: pandas 3 stores datetimes in microseconds, not nanoseconds.
+    out.insert(1, "ts", ((out["datetime"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)).astype(np.int64))
+    out = out.reset_index(drop=True)
+    if out.empty:
+        raise DataError(f"{path}: no complete rows (every row has a missing value)")
+    out.attrs["rows_raw"] = rows_raw
+    return out
+
+
+# ------------------------------------------------------------------------------ split
+
+def subset_bounds(rows: int, fraction: float, seed: int) -> tuple[int, int]:
+    """The notebook's contiguous block ``[start, start + size)`` over ``rows`` cleaned rows."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"fraction must be in (0, 1], got {fraction}")
+    size = int(rows * fraction)
+    if size < 10:
+        raise DataError(f"a fraction of {fraction} of {rows} rows leaves {size} rows: too few to split")
+    start = int(np.random.RandomState(seed).randint(0, rows - size)) if rows > size else 0
+    return start, size
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_split(path: str | Path | None = None, fraction: float | None = None, seed: int = DEFAULT_SEED) -> Split:
+    """Read ``path`` (default: the shipped sample) and cut the notebook's train/validation split.
+
+    ``fraction`` defaults to 0.01 for a data file and to 1.0 for the shipped
+    sample, which already is that 1 % block of the full data set.
+    """
+    is_sample = path is None
+    path = sample_path() if path is None else Path(path)
+    if fraction is None:
+        fraction = 1.0 if is_sample else DEFAULT_FRACTION
+    df = read_meter_file(path)
+    start, size = subset_bounds(len(df), fraction, seed)
+    block = df.iloc[start : start + size]
+    cut = int(size * TRAIN_SHARE)
+    train, val = block.iloc[:cut].reset_index(drop=True), block.iloc[cut:].reset_index(drop=True)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    info = {
+        "source": "shipped sample" if is_sample else str(path),
+        "fraction": fraction,
+        "seed": seed,
+        "rows_raw": df.attrs.get("rows_raw"),
+        "rows_clean": len(df),
+        "start_index": start,
+        "block": [block["datetime"].iloc[0].strftime(fmt), block["datetime"].iloc[-1].strftime(fmt)],
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "train_window": [train["datetime"].iloc[0].strftime(fmt), train["datetime"].iloc[-1].strftime(fmt)],
+        "val_window": [val["datetime"].iloc[0].strftime(fmt), val["datetime"].iloc[-1].strftime(fmt)],
+    }
+    return Split(train, val, info)
+
+
+def to_readings(df: pd.DataFrame, house: str = "h000", seq0: int = 0) -> list[Reading]:
+    """The rows of ``df`` as :class:`Reading` messages of ``house``, numbered from ``seq0``."""
+    values = df[list(READING_FIELDS)].to_numpy(np.float64).tolist()
+    ts = df["ts"].to_numpy(np.int64).tolist()
+    return [Reading(house, seq0 + i, t, *v) for i, (t, v) in enumerate(zip(ts, values, strict=True))]
+
+
+# ----------------------------------------------------------------------- write a block
+
+def extract_block(source: str | Path, out: str | Path, fraction: float = DEFAULT_FRACTION,
+                  seed: int = DEFAULT_SEED) -> int:
+    """Write the notebook's block of ``source`` to ``out`` (gzip if it ends in .gz) in the UCI format.
+
+    The lines are copied verbatim from the source (rows with a missing value left
+    out), so the result reads back to exactly the same rows.  Returns the row count.
+    """
+    source, out = Path(source), Path(out)
+    df = read_meter_file(source)  # validates the whole file first
+    start, size = subset_bounds(len(df), fraction, seed)
+    with _open_text(source) as fh:
+        header = fh.readline().strip()
+        if header.split(";")[:2] != ["Date", "Time"]:
+            raise DataError(f"{source}: extract needs the UCI text format (Date;Time;...), not a CSV")
+        lines = [ln.rstrip("\r\n") for ln in fh if "?" not in ln and ln.strip()]
+    block = lines[start : start + size]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = UCI_HEADER + "\r\n" + "\r\n".join(block) + "\r\n"
+    if out.suffix == ".gz":
+        with gzip.GzipFile(out, "wb", mtime=0) as gz:
+            gz.write(text.encode())
+    else:
+        out.write_text(text, newline="")
+    return len(block)

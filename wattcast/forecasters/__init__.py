@@ -1,0 +1,32 @@
+"""Forecasting models behind one contract (see :mod:`wattcast.forecasters.base`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wattcast.forecasters.base import Forecaster, Model
+from wattcast.forecasters.linear import LinearModel
+from wattcast.forecasters.lstm import ArtifactError, LstmModel
+from wattcast.forecasters.persistence import PersistenceModel
+from wattcast.messages import MODELS
+
+__all__ = ["MODELS", "ArtifactError", "Forecaster", "Model", "load_model", "default_models_dir"]
+
+
+def default_models_dir() -> Path:
+    """The repository's ``models/`` folder (next to the installed source tree)."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def load_model(name: str, models_dir: Path | None = None, mu: float = 0.9) -> Model:
+    """The model called ``name``; LSTM models load their artifact from ``models_dir/<name>``."""
+    if name == "persistence":
+        return PersistenceModel()
+    if name == "linear":
+        return LinearModel(mu)
+    if name in ("lstm", "lstm-augmented"):
+        directory = Path(models_dir or default_models_dir()) / name
+        if not directory.is_dir():
+            raise ArtifactError(f"no trained artifact for {name!r} in {directory} (run: wattcast train --model {name})")
+        return LstmModel(directory)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")

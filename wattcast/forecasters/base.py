@@ -1,0 +1,71 @@
+"""The forecaster contract every model implements.
+
+A :class:`Model` is shared by all houses (weights, parameters); a
+:class:`Forecaster` is one house's online state.  For every reading::
+
+    f.learn_one(reading)        # update the house's state (O(1) or O(window))
+    q = f.query()               # the input a forecast needs now, or None (too few readings)
+    y = model.predict([q, ...]) # batched: one call for many houses / readings
+
+``forecast()`` is the one-house shortcut.  Queries are immutable snapshots, so a
+node may collect queries of many consecutive readings and houses and predict them
+in one batch: the result is the same as predicting one at a time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from wattcast.messages import HORIZON_S, Reading
+
+
+class Forecaster(ABC):
+    """One house's online state for one model."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.seen = 0
+
+    @abstractmethod
+    def learn_one(self, reading: Reading) -> None:
+        """Take the next reading of this house (readings arrive in order)."""
+
+    @abstractmethod
+    def query(self) -> Any | None:
+        """The input of a forecast for ``horizon_s`` after the newest reading, or None if too early."""
+
+    def forecast(self) -> float | None:
+        q = self.query()
+        return None if q is None else float(self.model.predict([q])[0])
+
+
+class Model(ABC):
+    """A forecasting model: parameters shared by every house, batched prediction."""
+
+    name: str
+    version: str
+    horizon_s: int = HORIZON_S
+    #: forecasts start once this many readings have been seen (2, as in the course)
+    min_readings: int = 2
+
+    @abstractmethod
+    def new_forecaster(self) -> Forecaster: ...
+
+    @abstractmethod
+    def predict(self, queries: Sequence[Any]) -> np.ndarray:
+        """Forecasts (kW) for a batch of queries, as a float64 array of the same length."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for reports: parameters, size on disk, data window..."""
+        return {"name": self.name, "version": self.version, "parameters": 0, "size_bytes": 0}
+
+
+class ScalarModel(Model):
+    """For models whose query already is the forecast (cheap closed-form models)."""
+
+    def predict(self, queries: Sequence[Any]) -> np.ndarray:
+        return np.asarray(queries, dtype=np.float64).reshape(len(queries))

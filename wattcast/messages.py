@@ -1,0 +1,359 @@
+"""Topics and payloads of wattcast, defined once.
+
+Every message on the bus is one of the frozen dataclasses below, serialised as a
+compact UTF-8 JSON object.  ``from_json`` validates strictly (types, finiteness,
+ranges, size) and raises :class:`MessageError` with a one-line reason; nodes count
+and log such rejections instead of crashing.
+
+Topic layout (``v1`` is the payload schema version)::
+
+    wattcast/v1/<house>/reading             Reading        simulator -> all
+    wattcast/v1/<house>/end                 EndOfStream    simulator -> all
+    wattcast/v1/<house>/forecast/<model>    Forecast       predictor -> collector, viewers
+    wattcast/v1/<house>/metrics/<model>     Metrics        collector -> viewers
+    wattcast/v1/status/<node>               Status         every node (retained, last will)
+
+Timestamps ``ts``, ``issued_at`` and ``target_ts`` are event time: integer unix
+seconds of the meter's clock (the UCI data set's local time read as UTC).
+``sent_at`` fields are wall-clock unix seconds (float) used to measure latency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+ROOT = "wattcast/v1"
+MAX_PAYLOAD_BYTES = 4096
+HORIZON_S = 300
+MODELS = ("lstm", "lstm-augmented", "linear", "persistence")
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Event timestamps must lie in a sane range: 1990-01-01 .. 2100-01-01.
+_TS_MIN, _TS_MAX = 631152000, 4102444800
+
+
+class MessageError(ValueError):
+    """A payload or topic that does not follow the wattcast contract."""
+
+
+# --------------------------------------------------------------------------- topics
+
+def reading_topic(house: str) -> str:
+    return f"{ROOT}/{house}/reading"
+
+
+def end_topic(house: str) -> str:
+    return f"{ROOT}/{house}/end"
+
+
+def forecast_topic(house: str, model: str) -> str:
+    return f"{ROOT}/{house}/forecast/{model}"
+
+
+def metrics_topic(house: str, model: str) -> str:
+    return f"{ROOT}/{house}/metrics/{model}"
+
+
+def status_topic(node: str) -> str:
+    return f"{ROOT}/status/{node}"
+
+
+def house_filter(houses: list[str] | None, leaf: str) -> list[str]:
+    """Subscription filters for ``leaf`` ("reading", "forecast/+", ...) of some or all houses."""
+    if not houses:
+        return [f"{ROOT}/+/{leaf}"]
+    return [f"{ROOT}/{h}/{leaf}" for h in houses]
+
+
+ALL_READINGS = f"{ROOT}/+/reading"
+ALL_ENDS = f"{ROOT}/+/end"
+ALL_FORECASTS = f"{ROOT}/+/forecast/+"
+ALL_METRICS = f"{ROOT}/+/metrics/+"
+ALL_STATUS = f"{ROOT}/status/+"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str | None]:
+    """Split a topic into (kind, house_or_node, model); raises MessageError if foreign."""
+    parts = topic.split("/")
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise MessageError(f"not a wattcast topic: {topic[:120]!r}")
+    if parts[2] == "status" and len(parts) == 4:
+        return "status", parts[3], None
+    house = parts[2]
+    if len(parts) == 4 and parts[3] in ("reading", "end"):
+        return parts[3], house, None
+    if len(parts) == 5 and parts[3] in ("forecast", "metrics"):
+        return parts[3], house, parts[4]
+    raise MessageError(f"unknown wattcast topic: {topic[:120]!r}")
+
+
+# ------------------------------------------------------------------------- validation
+
+def _check_id(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise MessageError(f"{name} must be 1-64 characters of [A-Za-z0-9_.-], got {value!r:.80}")
+    return value
+
+
+def _check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError(f"{name} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise MessageError(f"{name} out of range [{lo}, {hi}]: {value}")
+    return value
+
+
+def _check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MessageError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise MessageError(f"{name} must be finite, got {value}")
+    if not lo <= value <= hi:
+        raise MessageError(f"{name} out of range [{lo}, {hi}]: {value}")
+    return value
+
+
+def _check_ts(name: str, value: Any) -> int:
+    return _check_int(name, value, _TS_MIN, _TS_MAX)
+
+
+def _check_model(value: Any) -> str:
+    if value not in MODELS:
+        raise MessageError(f"unknown model {value!r:.80}; known: {', '.join(MODELS)}")
+    return value
+
+
+def _load(payload: bytes | str) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"payload must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise MessageError(f"{name} is not allowed in a payload")
+
+
+class _Payload:
+    """JSON round-trip shared by every message type."""
+
+    _required: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str):
+        return cls.from_dict(_load(payload))
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        missing = [k for k in cls._required if k not in obj]
+        if missing:
+            raise MessageError(f"{cls.__name__} is missing {', '.join(missing)}")
+        return cls(**{k: v for k, v in obj.items() if k in names})  # __post_init__ validates
+
+
+# --------------------------------------------------------------------------- payloads
+
+READING_FIELDS = (
+    "global_active_power",
+    "global_reactive_power",
+    "voltage",
+    "global_intensity",
+    "sub_metering_1",
+    "sub_metering_2",
+    "sub_metering_3",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading(_Payload):
+    """One meter reading: a minute of the UCI data set (kW, V, A, Wh)."""
+
+    house: str
+    seq: int
+    ts: int
+    global_active_power: float
+    global_reactive_power: float
+    voltage: float
+    global_intensity: float
+    sub_metering_1: float
+    sub_metering_2: float
+    sub_metering_3: float
+    sent_at: float | None = None
+
+    _required: ClassVar[tuple[str, ...]] = ("house", "seq", "ts", *READING_FIELDS)
+
+    def __post_init__(self) -> None:
+        _check_id("house", self.house)
+        _check_int("seq", self.seq)
+        _check_ts("ts", self.ts)
+        for name in READING_FIELDS:
+            object.__setattr__(self, name, _check_float(name, getattr(self, name), -1e6, 1e6))
+        if self.sent_at is not None:
+            object.__setattr__(self, "sent_at", _check_float("sent_at", self.sent_at, 0.0))
+
+    @property
+    def topic(self) -> str:
+        return reading_topic(self.house)
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream(_Payload):
+    """The simulator has published every reading of ``house``: ``readings`` of them, last ``last_seq``."""
+
+    house: str
+    readings: int
+    last_seq: int
+    last_ts: int
+
+    _required: ClassVar[tuple[str, ...]] = ("house", "readings", "last_seq", "last_ts")
+
+    def __post_init__(self) -> None:
+        _check_id("house", self.house)
+        _check_int("readings", self.readings)
+        _check_int("last_seq", self.last_seq)
+        _check_ts("last_ts", self.last_ts)
+
+    @property
+    def topic(self) -> str:
+        return end_topic(self.house)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast(_Payload):
+    """Forecast of Global Active Power (kW) at ``target_ts``, issued after the reading at ``issued_at``."""
+
+    house: str
+    model: str
+    model_version: str
+    seq: int
+    issued_at: int
+    target_ts: int
+    value: float
+    reading_sent_at: float | None = None
+
+    _required: ClassVar[tuple[str, ...]] = (
+        "house", "model", "model_version", "seq", "issued_at", "target_ts", "value",
+    )
+
+    def __post_init__(self) -> None:
+        _check_id("house", self.house)
+        _check_model(self.model)
+        if not isinstance(self.model_version, str) or not 0 < len(self.model_version) <= 64:
+            raise MessageError("model_version must be a string of 1-64 characters")
+        _check_int("seq", self.seq)
+        _check_ts("issued_at", self.issued_at)
+        _check_ts("target_ts", self.target_ts)
+        if self.target_ts <= self.issued_at:
+            raise MessageError("target_ts must be after issued_at")
+        object.__setattr__(self, "value", _check_float("value", self.value, -1e6, 1e6))
+        if self.reading_sent_at is not None:
+            object.__setattr__(
+                self, "reading_sent_at", _check_float("reading_sent_at", self.reading_sent_at, 0.0)
+            )
+
+    @property
+    def topic(self) -> str:
+        return forecast_topic(self.house, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics(_Payload):
+    """Scores of one model for one house, as of event time ``as_of``."""
+
+    house: str
+    model: str
+    as_of: int
+    n: int
+    mse: float
+    rmse: float
+    mae: float
+    rolling_n: int
+    rolling_mse: float
+    window_s: int
+    unmatched: int
+    pending: int
+
+    _required: ClassVar[tuple[str, ...]] = (
+        "house", "model", "as_of", "n", "mse", "rmse", "mae",
+        "rolling_n", "rolling_mse", "window_s", "unmatched", "pending",
+    )
+
+    def __post_init__(self) -> None:
+        _check_id("house", self.house)
+        _check_model(self.model)
+        _check_ts("as_of", self.as_of)
+        for name in ("n", "rolling_n", "window_s", "unmatched", "pending"):
+            _check_int(name, getattr(self, name))
+        for name in ("mse", "rmse", "mae", "rolling_mse"):
+            object.__setattr__(self, name, _check_float(name, getattr(self, name), 0.0))
+
+    @property
+    def topic(self) -> str:
+        return metrics_topic(self.house, self.model)
+
+
+STATES = ("online", "offline")
+
+
+@dataclass(frozen=True, slots=True)
+class Status(_Payload):
+    """Retained liveness of a node; the broker publishes ``offline`` as its last will."""
+
+    node: str
+    state: str
+    role: str
+    ts: float | None = None
+
+    _required: ClassVar[tuple[str, ...]] = ("node", "state", "role")
+
+    def __post_init__(self) -> None:
+        _check_id("node", self.node)
+        if self.state not in STATES:
+            raise MessageError(f"state must be one of {STATES}, got {self.state!r:.40}")
+        _check_id("role", self.role)
+        if self.ts is not None:
+            object.__setattr__(self, "ts", _check_float("ts", self.ts, 0.0))
+
+    @property
+    def topic(self) -> str:
+        return status_topic(self.node)
+
+
+KINDS: dict[str, type[_Payload]] = {
+    "reading": Reading,
+    "end": EndOfStream,
+    "forecast": Forecast,
+    "metrics": Metrics,
+    "status": Status,
+}
+
+
+def decode(topic: str, payload: bytes | str):
+    """Parse any wattcast message; checks that the payload agrees with its topic."""
+    kind, key, model = parse_topic(topic)
+    msg = KINDS[kind].from_json(payload)
+    if kind == "status":
+        if msg.node != key:
+            raise MessageError(f"status of node {msg.node!r} on topic of {key!r}")
+    elif msg.house != key:
+        raise MessageError(f"message of house {msg.house!r} on topic of house {key!r}")
+    if model is not None and msg.model != model:
+        raise MessageError(f"message of model {msg.model!r} on topic of model {model!r}")
+    return msg
