@@ -28,6 +28,9 @@ class Message:
     payload: bytes
     retain: bool = False
     received_at: float = 0.0
+    #: broker packet id and QoS, for a manual acknowledgement (see ``Bus.ack``)
+    mid: int = 0
+    qos: int = 0
 
 
 class Bus(Protocol):
@@ -36,6 +39,10 @@ class Bus(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
     def subscribe(self, *filters: str, qos: int = 1) -> None: ...
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a QoS 1 message once it is handled (buses with manual acknowledgement)."""
+        ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
 
@@ -101,6 +108,9 @@ class MemoryBus:
             for topic, payload in self.hub._retained_for(f):
                 self.inbox.put(Message(topic, payload, True, time.time()))
 
+    def ack(self, message: Message) -> None:
+        pass
+
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
@@ -149,6 +159,10 @@ class MqttBus:
     ``session`` keeps a persistent session (clean_session=False) under a fixed
     ``client_id`` so that a node which reconnects, or a broker that restarts with
     persistence on, delivers the QoS 1 messages queued in between.
+
+    With ``manual_ack`` a received QoS 1 message is acknowledged only when the node
+    calls :meth:`ack` after handling it: a node killed mid-batch gets the messages
+    it had not finished again when it comes back under the same client id.
     """
 
     broker: BrokerConfig
@@ -156,6 +170,7 @@ class MqttBus:
     session: bool = True
     will: tuple[str, bytes] | None = None
     max_inflight: int = 100
+    manual_ack: bool = False
     inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
 
     def __post_init__(self) -> None:
@@ -167,6 +182,7 @@ class MqttBus:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.reconnects = 0
+        self._closing = False
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -178,6 +194,8 @@ class MqttBus:
         if self.will:
             c.will_set(self.will[0], self.will[1], qos=1, retain=True)
         c.max_inflight_messages_set(self.max_inflight)
+        if self.manual_ack:
+            c.manual_ack_set(True)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=0.2, max_delay=2)
         c.on_connect = self._on_connect
@@ -198,13 +216,13 @@ class MqttBus:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             self.reconnects += 1
             log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
         self._connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time()))
+        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time(), msg.mid, msg.qos))
 
     # -- Bus ---------------------------------------------------------------------------
     refused: str | None = None
@@ -227,9 +245,23 @@ class MqttBus:
         if qos > 0:
             self._pending.append(info)
             # Flow control: never let more than a bounded number of QoS>0 messages wait
-            # for their acknowledgement; the caller blocks here instead.
+            # for their acknowledgement; the caller blocks here instead.  Messages
+            # published while disconnected stay queued in paho and are sent on reconnect.
             while len(self._pending) > 4 * self.max_inflight:
-                self._pending.popleft().wait_for_publish(timeout=60)
+                self._wait(self._pending[0], None)
+                self._pending.popleft()
+
+    @staticmethod
+    def _wait(info, deadline: float | None) -> bool:
+        """Wait for one publish's acknowledgement; tolerant of disconnections (paho re-sends)."""
+        while not info.is_published():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if info.rc == 0:
+                info.wait_for_publish(timeout=0.5)
+            else:
+                time.sleep(0.02)  # queued while disconnected: wait_for_publish would raise
+        return True
 
     def subscribe(self, *filters: str, qos: int = 1) -> None:
         with self._lock:
@@ -238,24 +270,21 @@ class MqttBus:
         if self._connected.is_set():
             self.client.subscribe([(f, qos) for f in filters])
 
+    def ack(self, message: Message) -> None:
+        if self.manual_ack and message.qos > 0:
+            self.client.ack(message.mid, message.qos)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every QoS>0 publish so far is acknowledged by the broker."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
-            info = self._pending[0]
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                info.wait_for_publish(timeout=left)
-            except RuntimeError:
-                # Not queued by paho (disconnected): paho re-sends on reconnect.
-                time.sleep(0.05)
-            if info.is_published():
-                self._pending.popleft()
-            elif deadline is not None and time.monotonic() >= deadline:
+            if not self._wait(self._pending[0], deadline):
                 return False
+            self._pending.popleft()
         return True
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.client.disconnect()
         finally:

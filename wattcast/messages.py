@@ -320,6 +320,8 @@ class Status(_Payload):
     state: str
     role: str
     ts: float | None = None
+    #: the node's counters (received, published, malformed, ...), for monitoring
+    counters: dict[str, int] | None = None
 
     _required: ClassVar[tuple[str, ...]] = ("node", "state", "role")
 
@@ -330,6 +332,12 @@ class Status(_Payload):
         _check_id("role", self.role)
         if self.ts is not None:
             object.__setattr__(self, "ts", _check_float("ts", self.ts, 0.0))
+        if self.counters is not None:
+            if not isinstance(self.counters, dict) or len(self.counters) > 32:
+                raise MessageError("counters must be an object of at most 32 entries")
+            for key, value in self.counters.items():
+                _check_id("counter name", key)
+                _check_int(f"counter {key}", value)
 
     @property
     def topic(self) -> str:

@@ -1,10 +1,321 @@
-"""`wattcast run` (in progress)."""
+"""``wattcast run``: the whole pipeline on this machine, end to end.
+
+A broker (the one given with ``--broker``, else a private mosquitto on a free
+loopback port, else an embedded Python broker), then the collector and one
+predictor per model as separate processes; once all report online, the
+simulator.  When the collector has scored the end of the stream, everything is
+stopped and the scores are printed (``--json`` for machines).
+"""
+
+from __future__ import annotations
+
 import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.config import ENV_MODELS_DIR, add_data_args
+from wattcast.messages import ALL_METRICS, ALL_STATUS, MODELS, MessageError, Metrics, Status, decode
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    pass
+class RunError(RuntimeError):
+    """The run could not complete (one line, shown without traceback)."""
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    from simulator.__main__ import parse_speed
+
+    add_data_args(p)
+    p.add_argument("--broker", default=None,
+                   help="use this broker (mqtt://host:port); default: start a private one on a free port")
+    p.add_argument("--username", default=None, help="MQTT user name for --broker")
+    p.add_argument("--password", default=None, help="MQTT password for --broker")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help="models to run (default: all four)")
+    p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
+    p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
+    p.add_argument("--houses", type=int, default=1, help="meters replayed at once (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
+    p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+
+@dataclass
+class Watcher:
+    """The runner's own view of the bus: node statuses and the newest metrics."""
+
+    bus: MqttBus
+    since: float
+    statuses: dict[str, Status] = field(default_factory=dict)
+    metrics: dict[tuple[str, str], Metrics] = field(default_factory=dict)
+
+    def poll(self) -> None:
+        while not self.bus.inbox.empty():
+            message = self.bus.inbox.get_nowait()
+            try:
+                msg = decode(message.topic, message.payload)
+            except MessageError:
+                continue
+            if isinstance(msg, Status):
+                if (msg.ts or 0) >= self.since:
+                    self.statuses[msg.node] = msg
+            elif isinstance(msg, Metrics):
+                self.metrics[(msg.house, msg.model)] = msg
+
+    def online(self, node: str) -> bool:
+        s = self.statuses.get(node)
+        return s is not None and s.state == "online"
+
+    def counter(self, node: str, name: str) -> int:
+        s = self.statuses.get(node)
+        return int((s.counters or {}).get(name, 0)) if s else 0
+
+
+def _spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Child:
+    log_path = log_dir / f"{name}.log"
+    fh = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    fh.close()
+    return Child(name, proc, log_path)
+
+
+def _stop(children: list[Child], timeout: float = 10.0) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for c in children:
+        try:
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()
+
+
+def scores_from_store(db_path: Path) -> dict[str, Any]:
+    """Per-model scores pooled over houses, per-house scores, and the store's counters."""
+    from collector.store import Store
+
+    store = Store(db_path)
+    try:
+        pooled = {}
+        rows = store.db.execute(
+            "SELECT model, COUNT(*), AVG(error * error), AVG(ABS(error)) FROM matches GROUP BY model").fetchall()
+        for model, n, mse, mae in rows:
+            pooled[model] = {"n": n, "mse": mse, "rmse": math.sqrt(mse), "mae": mae}
+        summary = store.summary()
+        for s in summary:
+            p = pooled.setdefault(s["model"], {"n": 0, "mse": math.nan, "rmse": math.nan, "mae": math.nan})
+            p["unmatched"] = p.get("unmatched", 0) + s["unmatched"]
+            p["pending"] = p.get("pending", 0) + s["pending"]
+        meta = store.meta()
+        return {
+            "models": pooled,
+            "houses": summary,
+            "readings": store.count("readings"),
+            "forecasts": store.count("forecasts"),
+            "rejections": store.count("rejections"),
+            "ends": store.db.execute("SELECT COALESCE(SUM(readings), 0) FROM ends").fetchone()[0],
+            "collector": meta.get("collector_stats", {}),
+        }
+    finally:
+        store.close()
+
+
+def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
+    """Run the pipeline; returns the result dict (what ``--json`` prints)."""
+    from wattcast.broker import PrivateBroker
+
+    say = progress or (lambda line: None)
+    t0 = time.monotonic()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    store_path = Path(args.store) if args.store else Path("runs") / stamp / "wattcast.db"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    if store_path.exists():
+        raise RunError(f"{store_path} exists; pass another --store (a store holds one run)")
+    log_dir = store_path.parent / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    broker = None
+    if args.broker:
+        config = BrokerConfig.from_url(args.broker, args.username, args.password)
+        broker_kind = "external"
+        suffix = f"-{os.getpid()}"  # never take over the client ids of another deployment
+    else:
+        broker = PrivateBroker()
+        broker.start()
+        config = BrokerConfig(broker.host, broker.port)
+        broker_kind = broker.kind
+        suffix = ""
+    say(f"broker: {broker_kind} at {config.url}" + (f" (log {broker.log_path})" if broker else ""))
+
+    env = dict(os.environ)
+    env.pop("WATTCAST_BROKER", None)
+    common = ["--broker", config.url]
+    if config.username:
+        env["WATTCAST_MQTT_USERNAME"] = config.username
+        env["WATTCAST_MQTT_PASSWORD"] = config.password or ""
+    data_args = []
+    if args.data:
+        data_args += ["--data", str(args.data)]
+    if args.fraction is not None:
+        data_args += ["--fraction", str(args.fraction)]
+    data_args += ["--seed", str(args.seed)]
+
+    children: list[Child] = []
+    watcher_bus = MqttBus(config, client_id=f"wattcast-runner-{os.getpid()}", session=False)
+    try:
+        watcher_bus.connect()
+        watcher = Watcher(watcher_bus, since=time.time() - 1)
+        watcher_bus.subscribe(ALL_STATUS, ALL_METRICS)
+
+        collector_node = f"collector{suffix}"
+        children.append(_spawn("collector", "collector", [
+            *common, "--store", str(store_path), "--models", *args.models, "--exit-on-end",
+            "--node", collector_node, "--metrics-every", "0.5"], log_dir, env))
+        predictor_nodes = {}
+        for model in args.models:
+            node = f"predictor-{model}{suffix}"
+            predictor_nodes[model] = node
+            extra = ["--models-dir", args.models_dir] if args.models_dir else []
+            children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, env))
+        waiting = [collector_node, *predictor_nodes.values()]
+        deadline = time.monotonic() + 120
+        while True:
+            watcher.poll()
+            if all(watcher.online(n) for n in waiting):
+                break
+            for c in children:
+                if c.proc.poll() is not None:
+                    raise RunError(f"{c.name} exited with code {c.proc.returncode} at start-up: {c.tail(2)}")
+            if time.monotonic() > deadline:
+                late = [n for n in waiting if not watcher.online(n)]
+                raise RunError(f"nodes not online after 120 s: {', '.join(late)}")
+            time.sleep(0.05)
+        startup_s = time.monotonic() - t0
+        say(f"nodes online after {startup_s:.1f} s: collector, {', '.join(args.models)}; replaying")
+
+        sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
+                    "max" if args.speed is None else str(args.speed), "--node", f"simulator{suffix}"]
+        if args.limit:
+            sim_args += ["--limit", str(args.limit)]
+        t_replay = time.monotonic()
+        simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
+        children.append(simulator)
+        collector = children[0]
+        next_progress = time.monotonic() + 1.0
+        while collector.proc.poll() is None:
+            watcher.poll()
+            if simulator.proc.poll() not in (None, 0):
+                raise RunError(f"simulator failed (code {simulator.proc.returncode}): {simulator.tail(2)}")
+            if time.monotonic() - t0 > args.timeout:
+                raise RunError(f"run did not finish within {args.timeout:.0f} s")
+            if time.monotonic() >= next_progress:
+                say(_progress_line(watcher, collector_node, time.monotonic() - t_replay))
+                next_progress = time.monotonic() + 2.0
+            time.sleep(0.05)
+        replay_s = time.monotonic() - t_replay
+        if collector.proc.returncode != 0:
+            raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
+        simulator.proc.wait(30)
+        _stop(children)
+        time.sleep(0.2)
+        watcher.poll()
+        result = scores_from_store(store_path)
+        malformed = int(result["collector"].get("malformed", 0))
+        malformed += sum(watcher.counter(n, "malformed") for n in predictor_nodes.values())
+        published = watcher.counter(f"simulator{suffix}", "published") or result["ends"]
+        out = {
+            "models": {m: result["models"].get(m, {"n": 0}) for m in args.models},
+            "published": published,
+            "received": int(result["collector"].get("received", 0)),
+            "malformed": malformed,
+            "elapsed_s": round(time.monotonic() - t0, 3),
+            "startup_s": round(startup_s, 3),
+            "replay_s": round(replay_s, 3),
+            "houses": args.houses,
+            "broker": {"kind": broker_kind, "url": config.url},
+            "store": str(store_path),
+            "predictors": {m: {k: watcher.counter(n, k) for k in ("received", "forecasts", "duplicates", "malformed")}
+                           for m, n in predictor_nodes.items()},
+        }
+        if args.houses > 1:
+            out["per_house"] = result["houses"]
+        if args.report:
+            from collector.report import build_report
+
+            out["report"] = [str(p) for p in build_report(store_path, Path(args.report),
+                                                          models_dir=Path(args.models_dir) if args.models_dir else None)]
+        return out
+    finally:
+        _stop(children)
+        watcher_bus.close()
+        if broker is not None:
+            broker.stop()
+
+
+def _progress_line(w: Watcher, collector_node: str, elapsed: float) -> str:
+    parts = [f"[{elapsed:5.1f} s] readings {w.counter(collector_node, 'readings')}"]
+    by_model: dict[str, tuple[int, float]] = {}
+    for (_, model), m in w.metrics.items():
+        n, sse = by_model.get(model, (0, 0.0))
+        by_model[model] = (n + m.n, sse + m.mse * m.n)
+    for model, (n, sse) in sorted(by_model.items()):
+        parts.append(f"{model} n={n} mse={sse / n if n else 0:.4f}")
+    return " | ".join(parts)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'model':<16}{'n':>7}{'MSE':>9}{'RMSE':>9}{'MAE':>9}{'unmatched':>11}{'pending':>9}"]
+    for model, r in result["models"].items():
+        lines.append(f"{model:<16}{r.get('n', 0):>7}{r.get('mse', math.nan):>9.4f}{r.get('rmse', math.nan):>9.4f}"
+                     f"{r.get('mae', math.nan):>9.4f}{r.get('unmatched', 0):>11}{r.get('pending', 0):>9}")
+    lines.append(f"published {result['published']} readings, collector received {result['received']} messages, "
+                 f"malformed {result['malformed']}")
+    lines.append(f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, "
+                 f"total {result['elapsed_s']:.1f} s")
+    lines.append(f"store: {result['store']}")
+    return "\n".join(lines)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    if args.houses < 1:
+        raise ValueError("--houses must be at least 1")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        result = run(args, progress)
+    except RunError as exc:
+        print(f"wattcast: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0

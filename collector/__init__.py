@@ -1,0 +1,1 @@
+"""Collector: matches forecasts to actual readings, scores them, stores everything, builds reports."""

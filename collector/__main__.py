@@ -1,0 +1,64 @@
+"""``python -m collector``: score every model's forecasts against the actual readings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from wattcast.config import ENV_MODELS, ENV_STORE, add_broker_args, broker_from_args, env_default
+from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m collector", description="Match forecasts to readings and score them.")
+    p.add_argument("--store", default=env_default(ENV_STORE, "wattcast.db"),
+                   help=f"SQLite file (env {ENV_STORE}; default %(default)s)")
+    models = env_default(ENV_MODELS)
+    p.add_argument("--models", nargs="+", choices=MODELS, default=models.split(",") if models else list(MODELS),
+                   help=f"models to score (env {ENV_MODELS}, comma-separated; default all)")
+    p.add_argument("--window", type=int, default=60, help="rolling MSE window in minutes of event time (default 60)")
+    p.add_argument("--metrics-every", type=float, default=1.0, help="seconds between metrics publications")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds to wait at end of stream for missing final forecasts (default 30)")
+    p.add_argument("--exit-on-end", action="store_true", help="exit once the stream has ended and is scored")
+    p.add_argument("--node", default="collector", help="node id; also the MQTT client id")
+    p.add_argument("--log-level", default=os.environ.get("WATTCAST_LOG_LEVEL", "INFO"))
+    add_broker_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from collector.node import CollectorNode
+    from collector.store import Store
+    from wattcast.node import StopFlag, connect, serve
+
+    stop = StopFlag()
+    try:
+        store = Store(args.store)
+        bus = connect(broker_from_args(args), args.node, "collector", manual_ack=True)
+    except (ConnectionError, ValueError, OSError) as exc:
+        print(f"collector: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # sqlite3.Error and friends: one line, no traceback
+        print(f"collector: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    node = CollectorNode(bus, store, tuple(args.models), args.window * 60, args.metrics_every, args.drain, args.node)
+    bus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS, ALL_STATUS)
+
+    def tick() -> bool:
+        return node.tick() and args.exit_on_end
+
+    try:
+        serve(bus, args.node, "collector", node.stats, node.handle, stop, max_batch=1000, tick=tick)
+    finally:
+        bus.close()
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The collector's logic, free of MQTT: store, match, score, publish metrics.
+
+End of stream: once every house that announced its end has, for every expected
+model, the forecast issued after its last reading (or ``drain_s`` seconds passed
+without one), the collector writes the summary and publishes final metrics.
+Forecasts whose target never arrives are reported as unmatched (target inside the
+stream) or pending (target after the last reading), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from collector.scoring import Scoreboard
+from collector.store import Store
+from wattcast.bus import Bus, Message
+from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Reading, Status, decode
+from wattcast.node import NodeStats
+
+log = logging.getLogger(__name__)
+
+
+class CollectorNode:
+    def __init__(self, bus: Bus, store: Store, models: tuple[str, ...] = MODELS, window_s: int = 3600,
+                 metrics_every: float = 1.0, drain_s: float = 30.0, node: str = "collector") -> None:
+        self.bus = bus
+        self.store = store
+        self.models = tuple(models)
+        self.board = Scoreboard(window_s)
+        self.metrics_every = metrics_every
+        self.drain_s = drain_s
+        self.node = node
+        self.stats = NodeStats(node)
+        self.ends: dict[str, EndOfStream] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        self.next_metrics = 0.0
+        self.last_progress = time.monotonic()
+        self.finished = False
+        self.lags: list[float] = []
+        self.started = time.time()
+        store.set_meta("collector", {"models": list(self.models), "window_s": window_s, "started_at": self.started})
+        store.commit()
+
+    # -- messages ------------------------------------------------------------------------
+    def handle(self, batch: list[Message]) -> None:
+        c = self.stats.counters
+        readings, forecasts, matches = [], [], []
+        for message in batch:
+            c["received"] += 1
+            try:
+                msg = decode(message.topic, message.payload)
+            except MessageError as exc:
+                self.stats.reject(message.topic, str(exc))
+                self.store.add_rejection(message.topic, str(exc), message.payload, message.received_at)
+                continue
+            if isinstance(msg, Reading):
+                new = self.board.add_reading(msg)
+                if new is None:
+                    c["duplicates"] += 1
+                    continue
+                c["readings"] += 1
+                readings.append((msg, message.received_at))
+                matches += new
+                self.dirty.update((m.house, m.model) for m in new)
+            elif isinstance(msg, Forecast):
+                if msg.model not in self.models:
+                    reason = f"forecast of model {msg.model!r}, which this collector does not score"
+                    self.stats.reject(message.topic, reason)
+                    self.store.add_rejection(message.topic, reason, message.payload, message.received_at)
+                    continue
+                new, match = self.board.add_forecast(msg)
+                if not new:
+                    c["duplicates"] += 1
+                    continue
+                c["forecasts"] += 1
+                forecasts.append((msg, message.received_at))
+                self.dirty.add((msg.house, msg.model))
+                if match is not None:
+                    matches.append(match)
+            elif isinstance(msg, EndOfStream):
+                c["ends"] += 1
+                self.ends[msg.house] = msg
+                self.store.add_end(msg, message.received_at)
+                self.finished = False
+            elif isinstance(msg, Status):
+                self.store.set_node(msg)
+        self.store.add_readings(readings)
+        self.store.add_forecasts(forecasts)
+        self.store.add_matches(matches)
+        self.store.commit()  # before the bus acknowledges the batch
+        c["matched"] += len(matches)
+        now = time.time()
+        self.lags.extend(now - m.received_at for m in batch if m.received_at)
+        if readings or forecasts:
+            self.last_progress = time.monotonic()
+
+    # -- periodic work -------------------------------------------------------------------
+    def publish_metrics(self, keys) -> None:
+        for house, model in sorted(keys):
+            m = self.board.metrics(house, model)
+            self.bus.publish(m.topic, m.to_json(), qos=1)
+        self.stats.counters["metrics"] += len(keys)
+
+    def complete(self) -> bool:
+        """Every announced house has the forecast of its last reading from every model."""
+        if not self.ends:
+            return False
+        houses = set(self.board.actuals) | set(self.ends)
+        if not houses <= set(self.ends):
+            return False
+        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq
+                   for h in self.ends for m in self.models)
+
+    def tick(self) -> bool:
+        """Publish due metrics; finalize at end of stream. True once finalized."""
+        now = time.monotonic()
+        if self.dirty and now >= self.next_metrics:
+            self.publish_metrics(self.dirty)
+            self.dirty = set()
+            self.next_metrics = now + self.metrics_every
+        if self.finished or not self.ends:
+            return self.finished
+        if self.complete() or now - self.last_progress > self.drain_s:
+            if not self.complete():
+                log.warning("collector: end of stream without every final forecast after %.0f s; finalizing",
+                            self.drain_s)
+            self.finalize()
+        return self.finished
+
+    def finalize(self) -> None:
+        keys = {(h, m) for h in set(self.board.actuals) | set(self.ends) for m in self.models}
+        final = [self.board.metrics(h, m) for h, m in sorted(keys)]
+        self.store.set_summary(final)
+        lags = np.asarray(self.lags) * 1000.0
+        self.store.set_meta("collector_stats", {
+            **dict(self.stats.counters),
+            "duplicates_total": self.board.duplicates,
+            "lag_ms_p50": float(np.percentile(lags, 50)) if lags.size else None,
+            "lag_ms_p99": float(np.percentile(lags, 99)) if lags.size else None,
+            "lag_ms_max": float(lags.max()) if lags.size else None,
+            "finished_at": time.time(),
+        })
+        self.store.commit()
+        self.publish_metrics(keys)
+        self.dirty = set()
+        self.finished = True
+        for m in final:
+            log.info("collector: %s %-15s n=%d mse=%.4f unmatched=%d pending=%d", m.house, m.model, m.n, m.mse,
+                     m.unmatched, m.pending)

@@ -1,0 +1,135 @@
+"""Matching forecasts to actual readings and scoring them, in memory.
+
+A forecast of house ``h`` for ``target_ts`` is matched to the reading of ``h`` at
+``target_ts``, whichever arrives first; each (house, model, issued_at) and each
+(house, ts) counts once, so QoS 1 redelivery changes nothing.  Per (house, model):
+cumulative n / MSE / MAE and the MSE over a rolling event-time window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from wattcast.messages import Forecast, Metrics, Reading
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    house: str
+    model: str
+    issued_at: int
+    target_ts: int
+    forecast: float
+    actual: float
+
+    @property
+    def error(self) -> float:
+        return self.forecast - self.actual
+
+
+@dataclass
+class ModelScore:
+    window_s: int
+    n: int = 0
+    sse: float = 0.0
+    sae: float = 0.0
+    as_of: int = 0
+    window: deque = field(default_factory=deque)  # (target_ts, squared error)
+    window_sse: float = 0.0
+
+    def add(self, target_ts: int, error: float) -> None:
+        sq = error * error
+        self.n += 1
+        self.sse += sq
+        self.sae += abs(error)
+        self.as_of = max(self.as_of, target_ts)
+        self.window.append((target_ts, sq))
+        self.window_sse += sq
+        horizon = self.as_of - self.window_s
+        while self.window and self.window[0][0] <= horizon:
+            self.window_sse -= self.window.popleft()[1]
+
+    @property
+    def mse(self) -> float:
+        return self.sse / self.n if self.n else 0.0
+
+    @property
+    def mae(self) -> float:
+        return self.sae / self.n if self.n else 0.0
+
+    @property
+    def rolling_mse(self) -> float:
+        return max(self.window_sse, 0.0) / len(self.window) if self.window else 0.0
+
+
+class Scoreboard:
+    def __init__(self, window_s: int = 3600) -> None:
+        self.window_s = window_s
+        self.actuals: dict[str, dict[int, float]] = defaultdict(dict)
+        self.newest: dict[str, int] = {}
+        self.waiting: dict[str, dict[int, list[Forecast]]] = defaultdict(lambda: defaultdict(list))
+        self.seen: set[tuple[str, str, int]] = set()
+        self.scores: dict[tuple[str, str], ModelScore] = {}
+        self.last_forecast_seq: dict[tuple[str, str], int] = {}
+        self.duplicates = 0
+
+    def _score(self, house: str, model: str) -> ModelScore:
+        key = (house, model)
+        score = self.scores.get(key)
+        if score is None:
+            score = self.scores[key] = ModelScore(self.window_s)
+        return score
+
+    def _match(self, f: Forecast, actual: float) -> Match:
+        m = Match(f.house, f.model, f.issued_at, f.target_ts, f.value, actual)
+        self._score(f.house, f.model).add(f.target_ts, m.error)
+        return m
+
+    def add_reading(self, r: Reading) -> list[Match] | None:
+        """Matches completed by this reading; None if the reading was already known."""
+        known = self.actuals[r.house]
+        if r.ts in known:
+            self.duplicates += 1
+            return None
+        value = r.global_active_power
+        known[r.ts] = value
+        self.newest[r.house] = max(self.newest.get(r.house, r.ts), r.ts)
+        waiting = self.waiting[r.house].pop(r.ts, ())
+        return [self._match(f, value) for f in waiting]
+
+    def add_forecast(self, f: Forecast) -> tuple[bool, Match | None]:
+        """(new, match): new is False for a forecast already seen; match if its actual is known."""
+        key = (f.house, f.model, f.issued_at)
+        if key in self.seen:
+            self.duplicates += 1
+            return False, None
+        self.seen.add(key)
+        self._score(f.house, f.model)
+        mkey = (f.house, f.model)
+        self.last_forecast_seq[mkey] = max(self.last_forecast_seq.get(mkey, -1), f.seq)
+        actual = self.actuals[f.house].get(f.target_ts)
+        if actual is None:
+            self.waiting[f.house][f.target_ts].append(f)
+            return True, None
+        return True, self._match(f, actual)
+
+    def open_counts(self, house: str, model: str) -> tuple[int, int]:
+        """(unmatched, pending): waiting forecasts whose target is already past / still ahead."""
+        newest = self.newest.get(house, -1)
+        unmatched = pending = 0
+        for target, forecasts in self.waiting.get(house, {}).items():
+            k = sum(1 for f in forecasts if f.model == model)
+            if target <= newest:
+                unmatched += k
+            else:
+                pending += k
+        return unmatched, pending
+
+    def metrics(self, house: str, model: str) -> Metrics:
+        s = self._score(house, model)
+        unmatched, pending = self.open_counts(house, model)
+        as_of = s.as_of or self.newest.get(house) or 631152000
+        return Metrics(house, model, as_of, s.n, s.mse, math.sqrt(s.mse), s.mae, len(s.window), s.rolling_mse,
+                       self.window_s, unmatched, pending)

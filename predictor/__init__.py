@@ -1,0 +1,1 @@
+"""Predictor node: one model, forecasts 5 minutes ahead after every reading of every house."""

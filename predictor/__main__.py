@@ -1,0 +1,55 @@
+"""``python -m predictor --model lstm``: a predictor node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from wattcast.config import ENV_MODEL, ENV_MODELS_DIR, add_broker_args, broker_from_args, env_default
+from wattcast.messages import ALL_ENDS, MODELS, house_filter
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m predictor", description="Forecast GAP 5 minutes ahead after every reading.")
+    p.add_argument("--model", choices=MODELS, default=env_default(ENV_MODEL), required=env_default(ENV_MODEL) is None,
+                   help=f"the model to run (env {ENV_MODEL})")
+    p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
+    p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
+    p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
+    p.add_argument("--node", default=None, help="node id (default predictor-<model>); also the MQTT client id")
+    p.add_argument("--max-batch", type=int, default=512, help="most readings predicted in one call")
+    p.add_argument("--log-level", default=os.environ.get("WATTCAST_LOG_LEVEL", "INFO"))
+    add_broker_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from predictor.node import PredictorNode
+    from wattcast.forecasters import ArtifactError, load_model
+    from wattcast.node import StopFlag, connect, serve
+
+    stop = StopFlag()
+    try:
+        model = load_model(args.model, args.models_dir, mu=args.mu)
+        node = args.node or f"predictor-{model.name}"
+        bus = connect(broker_from_args(args), node, "predictor", manual_ack=True)
+    except (ArtifactError, ConnectionError, ValueError) as exc:
+        print(f"predictor: error: {exc}", file=sys.stderr)
+        return 1
+    predictor = PredictorNode(bus, model, node)
+    bus.subscribe(*house_filter(args.houses, "reading"), *([ALL_ENDS] if not args.houses else
+                                                             house_filter(args.houses, "end")))
+    logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
+    try:
+        serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch)
+    finally:
+        bus.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

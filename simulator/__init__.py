@@ -1,0 +1,1 @@
+"""Simulator: replays the validation split as live per-minute meter streams."""

@@ -1,0 +1,145 @@
+"""What every node shares: liveness status, counters, counted rejections, the main loop.
+
+A node's domain logic is a ``handle(messages)`` method; :func:`serve` pulls batches
+of messages from the bus inbox on the node's own thread (never paho's), hands them
+to ``handle``, acknowledges them afterwards and publishes a status with counters
+every few seconds.  SIGTERM / SIGINT stop the loop cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import resource
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from wattcast.bus import BrokerConfig, Bus, Message, MqttBus
+from wattcast.messages import Status, status_topic
+
+log = logging.getLogger(__name__)
+
+
+class NodeStats:
+    """Counters of a node, and rejections that are counted and logged (rate-limited), never silent."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.counters: Counter[str] = Counter()
+        self._last_log = 0.0
+        self._unlogged = 0
+
+    def reject(self, topic: str, reason: str) -> None:
+        self.counters["malformed"] += 1
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            extra = f" (+{self._unlogged} more since last report)" if self._unlogged else ""
+            log.warning("%s rejected a message on %r: %s%s", self.node, topic[:120], reason, extra)
+            self._last_log, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where unknown."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_kb() -> int:
+    """Peak resident memory of this process in KiB (VmHWM; ru_maxrss survives exec on Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def status(node: str, role: str, state: str, stats: NodeStats | None = None) -> Status:
+    """The node's status; its counters include ``rss_kb``, the process's peak resident memory."""
+    counters = None
+    if stats is not None:
+        stats.counters["rss_kb"] = peak_rss_kb()
+        counters = dict(stats.counters)
+    return Status(node, state, role, time.time(), counters)
+
+
+def connect(broker: BrokerConfig, node: str, role: str, manual_ack: bool = False, session: bool = True,
+            timeout: float = 15.0) -> MqttBus:
+    """An MqttBus for ``node`` whose last will marks it offline; connected, status online."""
+    will = (status_topic(node), status(node, role, "offline").to_json())
+    bus = MqttBus(broker, client_id=f"wattcast-{node}", session=session, will=will, manual_ack=manual_ack)
+    bus.connect(timeout)
+    return bus
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT (in the main thread) or by the node itself."""
+
+    def __init__(self, install_signals: bool = True) -> None:
+        self.event = threading.Event()
+        if install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.event.set()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def drain(bus: Bus, max_batch: int, timeout: float) -> list[Message]:
+    """Wait up to ``timeout`` for one message, then take whatever else is already there."""
+    try:
+        first = bus.inbox.get(timeout=timeout)
+    except queue.Empty:
+        return []
+    batch = [first]
+    while len(batch) < max_batch:
+        try:
+            batch.append(bus.inbox.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[list[Message]], None],
+          stop: StopFlag, max_batch: int = 512, status_every: float = 2.0,
+          tick: Callable[[], bool] | None = None) -> None:
+    """The node main loop: batches -> ``handle`` -> ack; periodic status; ``tick()`` True ends the loop."""
+    age = process_age_s()
+    if age is not None:
+        stats.counters["startup_ms"] = int(age * 1000)
+    bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
+    next_status = time.monotonic() + status_every
+    while not stop.is_set():
+        batch = drain(bus, max_batch, timeout=0.1)
+        if batch:
+            handle(batch)
+            for message in batch:
+                bus.ack(message)
+        now = time.monotonic()
+        if now >= next_status:
+            bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
+            next_status = now + status_every
+        if tick is not None and tick():
+            break
+    bus.publish(status_topic(node), status(node, role, "offline", stats).to_json(), retain=True)
+    bus.flush(timeout=10)
