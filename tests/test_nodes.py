@@ -1,0 +1,258 @@
+"""Node logic on the in-memory bus: predictor, collector and simulator without a broker."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from collector.node import CollectorNode
+from collector.scoring import ModelScore
+from collector.store import Store
+from predictor.node import PredictorNode
+from simulator.replay import Simulator, house_streams
+from wattcast.bus import MemoryHub, Message
+from wattcast.data import load_split, to_readings
+from wattcast.evaluation import stream_forecasts
+from wattcast.forecasters import load_model
+from wattcast.messages import (
+    ALL_ENDS,
+    ALL_FORECASTS,
+    ALL_READINGS,
+    EndOfStream,
+    Forecast,
+    Metrics,
+    Reading,
+    decode,
+    forecast_topic,
+    reading_topic,
+)
+
+
+@pytest.fixture(scope="module")
+def val():
+    return load_split().val
+
+
+def reading(house: str, seq: int, ts: int, gap: float) -> Reading:
+    return Reading(house, seq, ts, gap, 0.1, 240.0, 4.0, 0.0, 0.0, 17.0)
+
+
+def msg(obj) -> Message:
+    return Message(obj.topic, obj.to_json(), received_at=1.0)
+
+
+def forecasts_of(bus) -> list[Forecast]:
+    return [decode(m.topic, m.payload) for m in bus.published if "/forecast/" in m.topic]
+
+
+# ----------------------------------------------------------------------------- predictor
+
+@pytest.mark.parametrize("name", ["persistence", "linear", "lstm"])
+def test_predictor_matches_offline_forecasts_in_any_batching(val, name):
+    model = load_model(name)
+    expected, _ = stream_forecasts(model, val.iloc[:120])
+    msgs = [msg(r) for r in to_readings(val.iloc[:120])]
+    for batch_size in (1, 7, 120):
+        bus = MemoryHub().connect()
+        node = PredictorNode(bus, model)
+        for k in range(0, len(msgs), batch_size):
+            node.handle(msgs[k : k + batch_size])
+        got = forecasts_of(bus)
+        assert len(got) == 119  # one after every reading from the second on
+        assert [f.seq for f in got] == list(range(1, 120))
+        assert all(f.target_ts == f.issued_at + 300 for f in got)
+        # the first 114 have their target inside the 120 readings: same values as offline
+        np.testing.assert_allclose([f.value for f in got[:114]], expected, rtol=1e-6)
+
+
+def test_predictor_counts_duplicates_gaps_and_malformed_without_crashing(val):
+    bus = MemoryHub().connect()
+    node = PredictorNode(bus, load_model("linear"))
+    rs = to_readings(val.iloc[:10])
+    bad = [
+        Message(reading_topic("h000"), b"{not json"),
+        Message(reading_topic("h000"), b'{"house": "h000", "seq": "x"}'),
+        Message(reading_topic("h000"),
+                rs[0].to_json().replace(b'"global_active_power":', b'"global_active_power":1e999,"x":')),
+        Message(reading_topic("h001"), rs[0].to_json()),  # house of the payload differs from the topic
+        Message(reading_topic("h000"), b"x" * 100_000),
+    ]
+    node.handle([msg(rs[0]), msg(rs[1]), *bad, msg(rs[1]), msg(rs[4])])
+    c = node.stats.counters
+    assert c["malformed"] == len(bad)
+    assert c["duplicates"] == 1
+    assert c["gaps"] == 2
+    assert c["forecasts"] == 2  # after readings 1 and 4
+    node.handle([msg(rs[5])])
+    assert c["forecasts"] == 3
+
+
+def test_predictor_keeps_houses_apart():
+    bus = MemoryHub().connect()
+    node = PredictorNode(bus, load_model("persistence"))
+    t = 1196680920
+    node.handle([msg(reading("a", 0, t, 1.0)), msg(reading("b", 0, t, 5.0)),
+                 msg(reading("a", 1, t + 60, 2.0)), msg(reading("b", 1, t + 60, 6.0))])
+    got = {f.house: f.value for f in forecasts_of(bus)}
+    assert got == {"a": 2.0, "b": 6.0}
+
+
+# ----------------------------------------------------------------------------- collector
+
+def make_collector(tmp_path, models=("persistence",), **kw):
+    hub = MemoryHub()
+    bus = hub.connect()
+    store = Store(tmp_path / "c.db")
+    return CollectorNode(bus, store, models, **kw), bus, store
+
+
+T0 = 1196680920
+
+
+def fc(model: str, issued: int, value: float, house: str = "h000", seq: int = 0) -> Forecast:
+    return Forecast(house, model, "v1", seq, issued, issued + 300, value)
+
+
+def test_collector_matches_in_either_order_and_is_idempotent(tmp_path):
+    node, bus, store = make_collector(tmp_path)
+    # forecast first, then its actual
+    node.handle([msg(fc("persistence", T0, 1.0))])
+    assert store.count("matches") == 0
+    node.handle([msg(reading("h000", 5, T0 + 300, 1.5))])
+    # actual first, then a forecast for it (max speed: the actual can win the race)
+    node.handle([msg(reading("h000", 6, T0 + 360, 2.0))])
+    node.handle([msg(fc("persistence", T0 + 60, 3.0))])
+    # QoS 1 redelivery of everything
+    node.handle([msg(fc("persistence", T0, 1.0)), msg(reading("h000", 5, T0 + 300, 1.5)),
+                 msg(fc("persistence", T0 + 60, 3.0)), msg(reading("h000", 6, T0 + 360, 2.0))])
+    rows = store.db.execute("SELECT issued_at, forecast, actual, error FROM matches ORDER BY issued_at").fetchall()
+    assert rows == [(T0, 1.0, 1.5, -0.5), (T0 + 60, 3.0, 2.0, 1.0)]
+    m = node.board.metrics("h000", "persistence")
+    assert m.n == 2 and m.mse == pytest.approx((0.25 + 1.0) / 2) and m.mae == pytest.approx(0.75)
+    assert node.stats.counters["duplicates"] == 4
+
+
+def test_collector_counts_and_stores_rejections(tmp_path):
+    node, bus, store = make_collector(tmp_path)
+    good = fc("persistence", T0, 1.0)
+    bad = [
+        Message(forecast_topic("h000", "persistence"), b"\xff\xfe"),
+        Message(forecast_topic("h000", "persistence"), good.to_json().replace(b'"value":1.0', b'"value":NaN')),
+        Message(forecast_topic("h000", "persistence"), good.to_json().replace(b'"value":1.0', b'"value":"1.0"')),
+        Message(forecast_topic("h000", "oracle"), good.to_json().replace(b"persistence", b"oracle")),
+        Message(forecast_topic("h000", "lstm"), fc("lstm", T0, 1.0).to_json()),  # valid, but not scored here
+        Message("wattcast/v1/h000/forecast/persistence/extra", good.to_json()),
+        Message(forecast_topic("h000", "persistence"), b"{" + b'"a":1,' * 2000 + b"}"),
+    ]
+    node.handle([*bad, msg(good), msg(reading("h000", 5, T0 + 300, 1.0))])
+    assert node.stats.counters["malformed"] == len(bad)
+    assert store.count("rejections") == len(bad)
+    topics = {t for (t,) in store.db.execute("SELECT topic FROM rejections")}
+    assert "wattcast/v1/h000/forecast/oracle" in topics
+    assert store.count("matches") == 1
+
+
+def test_collector_end_of_stream_reports_pending_and_unmatched(tmp_path):
+    node, bus, store = make_collector(tmp_path, metrics_every=0.0)
+    rs = [reading("h000", i, T0 + 60 * i, float(i)) for i in range(10) if i != 6]  # minute 6 is missing
+    node.handle([msg(r) for r in rs])
+    node.handle([msg(fc("persistence", r.ts, r.global_active_power, seq=r.seq)) for r in rs[1:]])
+    assert not node.tick()  # no end of stream yet
+    node.handle([msg(EndOfStream("h000", 9, 9, T0 + 540))])
+    assert node.tick()
+    (summary,) = store.summary()
+    # issued at minutes 1..9 minus 6 (8 forecasts): targets 6..14; 6 is missing -> unmatched,
+    # 7, 8, 9 matched; 10..14 are after the last reading -> pending
+    assert summary["n"] == 3 and summary["unmatched"] == 1 and summary["pending"] == 4
+    metrics = [decode(m.topic, m.payload) for m in bus.published if "/metrics/" in m.topic]
+    assert metrics and isinstance(metrics[-1], Metrics) and metrics[-1].pending == 4
+
+
+def test_collector_waits_for_every_model_before_finalizing(tmp_path):
+    node, bus, store = make_collector(tmp_path, models=("persistence", "linear"), drain_s=60)
+    node.handle([msg(reading("h000", 0, T0, 1.0)), msg(reading("h000", 1, T0 + 60, 1.0)),
+                 msg(EndOfStream("h000", 2, 1, T0 + 60)), msg(fc("persistence", T0 + 60, 1.0, seq=1))])
+    assert not node.tick()
+    node.handle([msg(fc("linear", T0 + 60, 1.0, seq=1))])
+    assert node.tick()
+
+
+def test_rolling_window_is_event_time():
+    s = ModelScore(window_s=600)
+    for k in range(20):
+        s.add(T0 + 60 * k, error=float(k))
+    # window (as_of - 600, as_of]: the last 10 errors 10..19
+    assert len(s.window) == 10
+    assert s.rolling_mse == pytest.approx(np.mean(np.arange(10, 20) ** 2))
+    assert s.mse == pytest.approx(np.mean(np.arange(20) ** 2))
+    assert s.mae == pytest.approx(np.mean(np.arange(20)))
+
+
+def test_store_persists_everything_for_reports(tmp_path):
+    node, bus, store = make_collector(tmp_path)
+    node.handle([msg(reading("h000", 0, T0, 1.0)), msg(fc("persistence", T0 - 300, 2.0))])
+    store.close()
+    again = Store(tmp_path / "c.db")
+    assert again.count("readings") == 1 and again.count("matches") == 1
+    assert json.loads(again.db.execute("SELECT value FROM meta WHERE key='collector'").fetchone()[0])["models"] \
+        == ["persistence"]
+
+
+# ----------------------------------------------------------------------------- simulator
+
+def test_simulator_publishes_every_house_then_ends(val):
+    hub = MemoryHub()
+    watcher = hub.connect()
+    watcher.subscribe(ALL_READINGS, ALL_ENDS)
+    sim = Simulator(hub.connect(), house_streams(val, houses=3, limit=50), speed=None, progress=lambda line: None)
+    assert sim.run() == 150
+    got = [decode(m.topic, m.payload) for m in list(watcher.inbox.queue)]
+    readings = [g for g in got if isinstance(g, Reading)]
+    ends = [g for g in got if isinstance(g, EndOfStream)]
+    assert len(readings) == 150 and {e.house for e in ends} == {"h000", "h001", "h002"}
+    h0 = [r for r in readings if r.house == "h000"]
+    assert [r.global_active_power for r in h0] == val["global_active_power"].iloc[:50].tolist()
+    h1 = [r for r in readings if r.house == "h001"]
+    assert h1[0].global_active_power == val["global_active_power"].iloc[len(val) // 3]
+    assert all(b.ts - a.ts == 60 for a, b in zip(h1, h1[1:], strict=False))
+    assert all(r.sent_at is not None for r in readings)
+
+
+def test_simulator_paces_real_time_multiples(val):
+    import time
+
+    sim = Simulator(MemoryHub().connect(), house_streams(val, 1, limit=4), speed=600.0, progress=lambda line: None)
+    started = time.monotonic()
+    sim.run()
+    assert time.monotonic() - started >= 0.3 * 0.9  # 3 intervals of 60 s / 600
+
+
+def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):
+    """The three nodes wired through the in-memory hub reproduce `wattcast evaluate`."""
+    hub = MemoryHub()
+    models = ("persistence", "linear")
+    store = Store(tmp_path / "m.db")
+    cbus = hub.connect()
+    cbus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS)
+    collector = CollectorNode(cbus, store, models)
+    predictors = []
+    for name in models:
+        pbus = hub.connect()
+        pbus.subscribe(ALL_READINGS, ALL_ENDS)
+        predictors.append((pbus, PredictorNode(pbus, load_model(name))))
+    part = val.iloc[:400]
+    Simulator(hub.connect(), house_streams(part, 1), progress=lambda line: None).run()
+    for pbus, node in predictors:
+        node.handle(list(pbus.inbox.queue))
+    collector.handle(list(cbus.inbox.queue))
+    assert collector.tick()
+    for name in models:
+        preds, targets = stream_forecasts(load_model(name), part)
+        expected = float(np.mean((preds - targets) ** 2))
+        m = collector.board.metrics("h000", name)
+        assert m.n == len(targets) == 394
+        assert math.isclose(m.mse, expected, rel_tol=1e-9)
+        assert m.pending == 5
