@@ -6,7 +6,16 @@ import argparse
 import logging
 import sys
 
-from wattcast.config import ENV_HOUSES, ENV_SPEED, add_broker_args, add_data_args, broker_from_args, env_default
+from wattcast.config import (
+    ENV_HOUSES,
+    ENV_MODELS,
+    ENV_SPEED,
+    add_broker_args,
+    add_data_args,
+    broker_from_args,
+    env_default,
+)
+from wattcast.messages import MODELS
 
 
 def parse_speed(value: str) -> float | None:
@@ -31,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"number of meters replayed at once (env {ENV_HOUSES}; default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="readings per house (default: the whole split)")
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    awaited = env_default(ENV_MODELS)
+    p.add_argument("--await-models", nargs="*", choices=MODELS, metavar="MODEL",
+                   default=awaited.split(",") if awaited else [],
+                   help="at max speed, keep at most --window readings ahead of these models' forecasts "
+                        f"(env {ENV_MODELS}, comma-separated; default: none)")
+    p.add_argument("--window", type=int, default=32, help="readings per house ahead of the slowest model (default 32)")
     p.add_argument("--node", default="simulator", help="node id; also the MQTT client id")
     add_broker_args(p)
     return p.parse_args(argv)
@@ -50,16 +65,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--houses must be at least 1")
         split = load_split(args.data, args.fraction, args.seed)
         streams = house_streams(split.val, args.houses, args.limit)
-        bus = connect(broker_from_args(args), args.node, "simulator")
+        # A clean session: a persistent one could hand a new replay forecasts queued during an old one.
+        bus = connect(broker_from_args(args), args.node, "simulator", session=False)
     except (DataError, ConnectionError, ValueError, OSError) as exc:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return 1
     try:
         stats = NodeStats(args.node)
         bus.publish(status_topic(args.node), status(args.node, "simulator", "online", stats).to_json(), retain=True)
-        sim = Simulator(bus, streams, args.speed, qos=args.qos)
+        awaited = tuple(args.await_models) if args.speed is None else ()
+        sim = Simulator(bus, streams, args.speed, qos=args.qos, await_models=awaited, window=args.window)
         sim.run(stop.is_set)
         stats.counters["published"] = sim.published
+        stats.counters["malformed"] = sim.malformed
         bus.publish(status_topic(args.node), status(args.node, "simulator", "offline", stats).to_json(), retain=True)
         bus.flush(timeout=30)
     finally:

@@ -7,12 +7,21 @@ every house covers the same event-time window, like meters that run side by side
 Minute by minute, one reading of every house is published.
 
 Pacing: ``speed`` readings-minutes per wall minute (1 = real time); ``None`` = as fast
-as the bus's flow control allows (the MQTT bus blocks while too many QoS 1
-publishes wait for the broker's acknowledgement).
+as flow control allows.  Two levels of flow control:
+
+* the MQTT bus blocks while too many QoS 1 publishes wait for the broker's
+  acknowledgement (the broker is never flooded);
+* with ``await_models``, the simulator subscribes to those models' forecasts and
+  keeps at most ``window`` readings per house ahead of the slowest model's newest
+  forecast, so a slow predictor sets the pace instead of building a backlog (and
+  latency).  A model that sends nothing for ``stall_s`` seconds stops being waited
+  for (logged), so a dead predictor cannot stall the replay.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from wattcast.bus import Bus
-from wattcast.messages import READING_FIELDS, EndOfStream, Reading
+from wattcast.messages import READING_FIELDS, EndOfStream, Forecast, MessageError, Reading, forecast_topic
+
+log = logging.getLogger(__name__)
 
 
 def house_ids(count: int) -> list[str]:
@@ -56,10 +67,20 @@ def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> l
 
 class Simulator:
     def __init__(self, bus: Bus, streams: list[HouseStream], speed: float | None = None,
-                 progress: Callable[[str], None] | None = None, qos: int = 1) -> None:
+                 progress: Callable[[str], None] | None = None, qos: int = 1,
+                 await_models: tuple[str, ...] = (), window: int = 32, stall_s: float = 10.0) -> None:
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or 'max', got {speed}")
+        if window < 1:
+            raise ValueError("window must be at least 1")
         self.bus = bus
+        self.await_models = set(await_models)
+        self.window = window
+        self.stall_s = stall_s
+        self.forecast_seq: dict[tuple[str, str], int] = {}
+        self.malformed = 0
+        if self.await_models:
+            bus.subscribe(*(forecast_topic(s.house, m) for s in streams for m in self.await_models))
         self.streams = streams
         self.speed = speed
         self.qos = qos
@@ -81,6 +102,8 @@ class Simulator:
                 delay = start + i * seconds_per_minute - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            if self.await_models:
+                self._await_window(i - self.window, stop)
             for s in self.streams:
                 if i >= len(s.ts):
                     continue
@@ -103,3 +126,45 @@ class Simulator:
         self.progress(f"simulator: published {self.published} readings in {elapsed:.2f} s "
                       f"({self.published / max(elapsed, 1e-9):,.0f}/s)")
         return self.published
+
+    def _await_window(self, seq: int, stop: Callable[[], bool]) -> None:
+        """Block until every awaited model has forecast reading ``seq`` of every house."""
+        if seq < 1:
+            return
+        last_progress = time.monotonic()
+        while not stop():
+            self._take_forecasts()
+            behind = [(s.house, m) for s in self.streams if seq < len(s.ts) for m in self.await_models
+                      if self.forecast_seq.get((s.house, m), -1) < seq]
+            if not behind:
+                return
+            try:
+                message = self.bus.inbox.get(timeout=0.2)
+            except queue.Empty:
+                if time.monotonic() - last_progress > self.stall_s:
+                    stalled = sorted({m for _, m in behind})
+                    log.warning("no forecast from %s for %.0f s; no longer waiting for them",
+                                ", ".join(stalled), self.stall_s)
+                    self.await_models -= set(stalled)
+                continue
+            self._note(message)
+            last_progress = time.monotonic()
+
+    def _take_forecasts(self) -> None:
+        while True:
+            try:
+                message = self.bus.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._note(message)
+
+    def _note(self, message) -> None:
+        try:
+            f = Forecast.from_json(message.payload)
+        except MessageError as exc:
+            self.malformed += 1
+            log.warning("simulator: ignored a malformed forecast on %s: %s", message.topic[:120], exc)
+            return
+        key = (f.house, f.model)
+        if f.seq > self.forecast_seq.get(key, -1):
+            self.forecast_seq[key] = f.seq

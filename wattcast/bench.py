@@ -1,10 +1,115 @@
-"""`wattcast bench` (in progress)."""
+"""``wattcast bench``: measure the live pipeline; figures printed and written as JSON.
+
+Scenarios (each a full ``wattcast run`` on a private broker unless ``--broker``):
+
+* ``default``: the default split, one house, all four models, max speed;
+* ``houses``: ``--houses`` meters x ``--minutes`` readings each (default 50 x 1 day).
+
+Per scenario: start-up and replay wall time, readings/s, forecast latency p50/p99
+per model (reading published -> forecast received by the collector), collector lag
+(message received -> handled) and peak RSS of every node.
+"""
+
+from __future__ import annotations
+
 import argparse
+import json
+import sys
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+
+from wattcast.messages import MODELS
 
 
-def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    pass
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", nargs="+", choices=("default", "houses"), default=["default", "houses"])
+    p.add_argument("--houses", type=int, default=50, help="meters of the multi-house scenario (default 50)")
+    p.add_argument("--minutes", type=int, default=1440, help="readings per meter there (default 1440 = 1 day)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL")
+    p.add_argument("--broker", default=None, help="use this broker instead of a private one")
+    p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
+
+
+def latency_and_memory(db: Path) -> dict[str, Any]:
+    import sqlite3
+
+    con = sqlite3.connect(str(db))
+    try:
+        latency = {}
+        for (model,) in con.execute("SELECT DISTINCT model FROM forecasts ORDER BY model"):
+            ms = np.array([r[0] for r in con.execute(
+                "SELECT (received_at - reading_sent_at) * 1000 FROM forecasts "
+                "WHERE model = ? AND reading_sent_at IS NOT NULL", (model,))])
+            latency[model] = {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                              "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                              "max_ms": round(float(ms.max()), 2)} if ms.size else {"n": 0}
+        rss = {}
+        for node, counters in con.execute("SELECT node, counters FROM nodes ORDER BY node"):
+            c = json.loads(counters or "{}")
+            if "rss_kb" in c:
+                rss[node] = {"peak_rss_mib": round(c["rss_kb"] / 1024, 1), "startup_ms": c.get("startup_ms")}
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        stats = json.loads(meta.get("collector_stats", "{}"))
+        lag = {k: round(stats[k], 2) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max") if stats.get(k) is not None}
+        return {"latency": latency, "nodes": rss, "collector_lag": lag}
+    finally:
+        con.close()
+
+
+def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from wattcast.runner import run
+
+    houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
+    ns = argparse.Namespace(
+        data=None, fraction=None, seed=1234, broker=args.broker, username=None, password=None,
+        models=args.models, models_dir=None, speed=None, houses=houses, limit=limit,
+        store=str(workdir / name / "wattcast.db"), report=None, timeout=3600.0, json=True, quiet=True,
+    )
+    print(f"bench: {name}: {houses} house(s) x {limit or 'all'} readings, models {', '.join(args.models)} ...",
+          file=sys.stderr, flush=True)
+    result = run(ns, progress=lambda line: None)
+    figures = latency_and_memory(Path(ns.store))
+    readings = result["published"]
+    return {
+        "houses": houses,
+        "readings": readings,
+        "startup_s": result["startup_s"],
+        "replay_s": result["replay_s"],
+        "readings_per_s": round(readings / result["replay_s"], 1),
+        "messages_received_by_collector": result["received"],
+        "malformed": result["malformed"],
+        "scores": {m: {k: r.get(k) for k in ("n", "mse", "unmatched", "pending")} for m, r in result["models"].items()},
+        **figures,
+        "broker": result["broker"]["kind"],
+    }
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import platform
+
+    out: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+                           "scenarios": {}}
+    with TemporaryDirectory(prefix="wattcast-bench-") as tmp:
+        for name in args.scenarios:
+            out["scenarios"][name] = run_scenario(name, args, Path(tmp))
+            print_scenario(name, out["scenarios"][name])
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def print_scenario(name: str, s: dict[str, Any]) -> None:
+    print(f"== {name}: {s['houses']} house(s), {s['readings']} readings, broker {s['broker']}")
+    print(f"   start-up {s['startup_s']:.2f} s, replay {s['replay_s']:.2f} s, {s['readings_per_s']:,.0f} readings/s, "
+          f"collector received {s['messages_received_by_collector']} messages, malformed {s['malformed']}")
+    for model, lat in s["latency"].items():
+        sc = s["scores"].get(model, {})
+        print(f"   {model:<15} latency p50 {lat.get('p50_ms', float('nan')):7.2f} ms  p99 {lat.get('p99_ms', float('nan')):8.2f} ms"
+              f"   matched {sc.get('n')}  mse {sc.get('mse') or float('nan'):.4f}")
+    lag = s["collector_lag"]
+    print(f"   collector lag p50 {lag.get('lag_ms_p50')} ms, p99 {lag.get('lag_ms_p99')} ms, max {lag.get('lag_ms_max')} ms")
+    for node, mem in s["nodes"].items():
+        print(f"   {node:<26} peak RSS {mem['peak_rss_mib']:7.1f} MiB  start-up {mem['startup_ms']} ms")

@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, ArtifactError, ConnectionError, ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"wattcast: error: {msg}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError | ValueError) else 1
+        usage = isinstance(exc, UsageError) or (isinstance(exc, ValueError) and not isinstance(exc, DataError | ArtifactError))
+        return 2 if usage else 1
 
 
 if __name__ == "__main__":

@@ -226,6 +226,8 @@ def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
                     "max" if args.speed is None else str(args.speed), "--node", f"simulator{suffix}"]
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
+        if args.speed is None:
+            sim_args += ["--await-models", *args.models]
         t_replay = time.monotonic()
         simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
         children.append(simulator)
