@@ -107,7 +107,8 @@ def print_scenario(name: str, s: dict[str, Any]) -> None:
           f"collector received {s['messages_received_by_collector']} messages, malformed {s['malformed']}")
     for model, lat in s["latency"].items():
         sc = s["scores"].get(model, {})
-        print(f"   {model:<15} latency p50 {lat.get('p50_ms', float('nan')):7.2f} ms  p99 {lat.get('p99_ms', float('nan')):8.2f} ms"
+        p50, p99 = lat.get("p50_ms", float("nan")), lat.get("p99_ms", float("nan"))
+        print(f"   {model:<15} latency p50 {p50:7.2f} ms  p99 {p99:8.2f} ms"
               f"   matched {sc.get('n')}  mse {sc.get('mse') or float('nan'):.4f}")
     lag = s["collector_lag"]
     print(f"   collector lag p50 {lag.get('lag_ms_p50')} ms, p99 {lag.get('lag_ms_p99')} ms, max {lag.get('lag_ms_max')} ms")

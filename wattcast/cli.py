@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, ArtifactError, ConnectionError, ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"wattcast: error: {msg}", file=sys.stderr)
-        usage = isinstance(exc, UsageError) or (isinstance(exc, ValueError) and not isinstance(exc, DataError | ArtifactError))
+        bad_input = isinstance(exc, DataError | ArtifactError)
+        usage = isinstance(exc, UsageError) or (isinstance(exc, ValueError) and not bad_input)
         return 2 if usage else 1
 
 
