@@ -21,6 +21,9 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
+#: the broker drops bigger payloads (mosquitto/conf.d/wattcast.conf: message_size_limit)
+MAX_PACKET_PAYLOAD = 65536
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -234,15 +237,23 @@ class MqttBus:
         except OSError as exc:
             raise ConnectionError(f"cannot reach MQTT broker at {self.broker.url}: {exc}") from None
         self.client.loop_start()
-        if not self._connected.wait(timeout):
-            self.client.loop_stop()
-            why = self.refused or "no answer"
-            raise ConnectionError(f"MQTT broker at {self.broker.url} did not accept the connection: {why}")
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            if self.refused or time.monotonic() > deadline:  # a refusal is final: do not wait out the timeout
+                self.client.loop_stop()
+                why = self.refused or "no answer"
+                raise ConnectionError(f"MQTT broker at {self.broker.url} did not accept the connection: {why}")
         return self
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if len(payload) > MAX_PACKET_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes on {topic!r} exceeds {MAX_PACKET_PAYLOAD}")
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0:
+            if info.rc == self._mqtt.MQTT_ERR_NO_CONN:
+                # Published while disconnected: paho keeps the message and sends it after
+                # reconnecting, but this rc would make is_published() raise for good.
+                info.rc = self._mqtt.MQTT_ERR_SUCCESS
             self._pending.append(info)
             # Flow control: never let more than a bounded number of QoS>0 messages wait
             # for their acknowledgement; the caller blocks here instead.  Messages
@@ -257,10 +268,7 @@ class MqttBus:
         while not info.is_published():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            if info.rc == 0:
-                info.wait_for_publish(timeout=0.5)
-            else:
-                time.sleep(0.02)  # queued while disconnected: wait_for_publish would raise
+            info.wait_for_publish(timeout=0.5)
         return True
 
     def subscribe(self, *filters: str, qos: int = 1) -> None:

@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
         _stop(children)
         watcher_bus.close()
         if broker is not None:
-            broker.stop()
+            broker.close()
 
 
 def _progress_line(w: Watcher, collector_node: str, elapsed: float) -> str:

@@ -1,0 +1,94 @@
+"""Shared fixtures: a private MQTT broker per test and connected MqttBus clients.
+
+Tests that use ``broker``, ``broker_factory`` or ``mqtt_bus`` are marked
+``integration`` automatically (deselect with ``-m "not integration"``).  They never
+touch the system broker on port 1883: every broker listens on a free port of
+127.0.0.1 with its own persistence directory under the test's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+
+import pytest
+
+from wattcast.broker import PrivateBroker, available_kind
+
+BROKER_FIXTURES = {"broker", "broker_factory", "mqtt_bus"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    """``make(**kwargs)`` -> a started :class:`PrivateBroker`; all are stopped at teardown.
+
+    Skips the test if kwargs ask for a broker that is not installed (``prefer=``),
+    or if neither mosquitto nor amqtt is.
+    """
+    brokers: list[PrivateBroker] = []
+    counter = itertools.count()
+
+    def make(**kwargs) -> PrivateBroker:
+        prefer = kwargs.get("prefer")
+        if available_kind(prefer) is None:
+            if prefer == "amqtt":
+                pytest.skip("amqtt is not installed (pip install 'wattcast[embedded-broker]')")
+            pytest.skip(
+                f"no {prefer or 'MQTT'} broker: install mosquitto (apt-get install mosquitto) "
+                "or amqtt (pip install 'wattcast[embedded-broker]')"
+            )
+        kwargs.setdefault("workdir", tmp_path / f"broker{next(counter)}")
+        b = PrivateBroker(**kwargs)
+        brokers.append(b)
+        return b.start()
+
+    yield make
+    for b in brokers:
+        b.close()
+        # Shown by pytest only when the test fails.
+        print(f"--- {b!r} log ({b.log_path}):\n{b.log_tail(40)}")
+
+
+@pytest.fixture
+def broker(broker_factory) -> PrivateBroker:
+    """A private broker (mosquitto with the repo's mosquitto/conf.d settings if installed)."""
+    return broker_factory()
+
+
+@pytest.fixture
+def mqtt_bus(request):
+    """``make(client_id=None, *, on=None, connect=True, **MqttBus kwargs)`` -> an MqttBus.
+
+    It connects to ``on`` (a PrivateBroker, e.g. from ``broker_factory``) or else to
+    the ``broker`` fixture.  Client ids are unique unless given (give the same id
+    twice to resume a persistent session).  Every bus is closed at teardown.
+    """
+    from wattcast.bus import BrokerConfig, MqttBus
+
+    buses: list[MqttBus] = []
+    counter = itertools.count()
+    run = uuid.uuid4().hex[:6]
+
+    def make(client_id: str | None = None, *, on: PrivateBroker | None = None, connect: bool = True,
+             **kwargs) -> MqttBus:
+        target = on if on is not None else request.getfixturevalue("broker")
+        cid = client_id or f"test-{os.getpid()}-{run}-{next(counter)}"
+        bus = MqttBus(BrokerConfig.from_url(target.url), cid, **kwargs)
+        buses.append(bus)
+        if connect:
+            bus.connect(timeout=5)
+        return bus
+
+    yield make
+    for bus in buses:
+        try:
+            bus.close()
+        except Exception:  # teardown must close the others
+            pass
