@@ -205,3 +205,45 @@ def test_predictor_killed_mid_replay_resumes_without_losing_readings(module_brok
         assert row[0] == n and math.isclose(row[1], mse, rel_tol=1e-9)
     finally:
         s.close()
+
+
+def test_run_replays_many_houses(module_broker, val, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(tmp_path / "h.db"),
+         "--houses", "3", "--limit", "100", "--models", "persistence", "linear", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["published"] == 300
+    per_house = {(r["house"], r["model"]): r for r in result["per_house"]}
+    assert set(per_house) == {(h, m) for h in ("h000", "h001", "h002") for m in ("persistence", "linear")}
+    assert all(r["n"] == 94 and r["pending"] == 5 for r in per_house.values())
+    n, mse = offline_mse("linear", val.iloc[:100])
+    assert math.isclose(per_house[("h000", "linear")]["mse"], mse, rel_tol=1e-9)
+    assert result["models"]["linear"]["n"] == 3 * 94
+
+
+def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(tmp_path / "c.db"),
+         "--speed", "60", "--models", "persistence"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        wait_for = time.monotonic() + 60
+        while time.monotonic() < wait_for:
+            time.sleep(0.5)
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            if len(children) >= 3:  # collector, predictor, simulator
+                break
+        assert len(children) >= 3, children
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-1000:]
+    assert "Traceback" not in err
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
