@@ -74,6 +74,7 @@ class Watcher:
     since: float
     statuses: dict[str, Status] = field(default_factory=dict)
     metrics: dict[tuple[str, str], Metrics] = field(default_factory=dict)
+    view: Any = None  # a wattcast.live.LiveView, fed with every Metrics
 
     def poll(self) -> None:
         while not self.bus.inbox.empty():
@@ -87,6 +88,8 @@ class Watcher:
                     self.statuses[msg.node] = msg
             elif isinstance(msg, Metrics):
                 self.metrics[(msg.house, msg.model)] = msg
+                if self.view is not None:
+                    self.view.update(msg)
 
     def online(self, node: str) -> bool:
         s = self.statuses.get(node)
@@ -149,11 +152,13 @@ def scores_from_store(db_path: Path) -> dict[str, Any]:
         store.close()
 
 
-def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
+def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
     """Run the pipeline; returns the result dict (what ``--json`` prints)."""
     from wattcast.broker import PrivateBroker
 
     say = progress or (lambda line: None)
+    if view is not None and progress is not None:
+        say = view.log  # keeps the table intact on a terminal
     t0 = time.monotonic()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     store_path = Path(args.store) if args.store else Path("runs") / stamp / "wattcast.db"
@@ -193,7 +198,7 @@ def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
     watcher_bus = MqttBus(config, client_id=f"wattcast-runner-{os.getpid()}", session=False)
     try:
         watcher_bus.connect()
-        watcher = Watcher(watcher_bus, since=time.time() - 1)
+        watcher = Watcher(watcher_bus, since=time.time() - 1, view=view)
         watcher_bus.subscribe(ALL_STATUS, ALL_METRICS)
 
         collector_node = f"collector{suffix}"
@@ -239,11 +244,16 @@ def run(args: argparse.Namespace, progress=None) -> dict[str, Any]:
                 raise RunError(f"simulator failed (code {simulator.proc.returncode}): {simulator.tail(2)}")
             if time.monotonic() - t0 > args.timeout:
                 raise RunError(f"run did not finish within {args.timeout:.0f} s")
-            if time.monotonic() >= next_progress:
+            if view is not None:
+                view.refresh()  # throttles itself
+            elif time.monotonic() >= next_progress:
                 say(_progress_line(watcher, collector_node, time.monotonic() - t_replay))
                 next_progress = time.monotonic() + 2.0
             time.sleep(0.05)
         replay_s = time.monotonic() - t_replay
+        if view is not None:
+            watcher.poll()
+            view.close()  # the final table
         if collector.proc.returncode != 0:
             raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
         simulator.proc.wait(30)
@@ -304,6 +314,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, "
                  f"total {result['elapsed_s']:.1f} s")
     lines.append(f"store: {result['store']}")
+    if result.get("report"):
+        files = result["report"]
+        lines.append(f"report: {files[0]}" + (f" (+{len(files) - 1} files beside it)" if len(files) > 1 else ""))
     return "\n".join(lines)
 
 
@@ -311,8 +324,13 @@ def run_command(args: argparse.Namespace) -> int:
     if args.houses < 1:
         raise ValueError("--houses must be at least 1")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    view = None
+    if not args.quiet:
+        from wattcast.live import LiveView
+
+        view = LiveView(sys.stderr)
     try:
-        result = run(args, progress)
+        result = run(args, progress, view)
     except RunError as exc:
         print(f"wattcast: error: {exc}", file=sys.stderr)
         return 1
