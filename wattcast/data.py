@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -66,14 +67,18 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         if zipfile.is_zipfile(path):
             zf = zipfile.ZipFile(path)
-            names = [n for n in zf.namelist() if n.lower().endswith((".txt", ".csv"))]
+            names = [n for n in zf.namelist()
+                     if n.lower().endswith((".txt", ".csv")) and not n.startswith("__MACOSX/")]
             if not names:
                 raise DataError(f"{path}: the zip holds no .txt or .csv file")
-            name = UCI_MEMBER if UCI_MEMBER in names else names[0]
+            uci = [n for n in names if n.rsplit("/", 1)[-1] == UCI_MEMBER]
+            name = min(uci, key=len) if uci else names[0]
             return io.TextIOWrapper(zf.open(name), encoding="utf-8", errors="replace", newline="")
         with path.open("rb") as fh:
-            magic = fh.read(2)
-        if magic == b"\x1f\x8b":
+            magic = fh.read(4)
+        if magic == b"PK\x03\x04":
+            raise DataError(f"{path}: damaged zip archive (no central directory; an incomplete download?)")
+        if magic[:2] == b"\x1f\x8b":
             return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors="replace", newline="")
         return path.open(encoding="utf-8", errors="replace", newline="")
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -91,8 +96,8 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     with _open_text(path) as fh:
         try:
             header = fh.readline().strip().lstrip("\ufeff")
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{path}: cannot read: {exc}") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
         if not header:
             raise DataError(f"{path}: the file is empty")
         sep = ";" if header.count(";") >= header.count(",") else ","
@@ -110,7 +115,9 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
                 fh, sep=sep, names=columns, header=None, dtype=str, na_values=["?", ""],
                 keep_default_na=False, engine="c",
             )
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a well-formed {sep!r}-separated file: {str(exc).splitlines()[0]}") from None
     if raw.empty:
         raise DataError(f"{path}: the file has a header but no rows")
@@ -221,7 +228,9 @@ def extract_block(source: str | Path, out: str | Path, fraction: float = DEFAULT
         header = fh.readline().strip()
         if header.split(";")[:2] != ["Date", "Time"]:
             raise DataError(f"{source}: extract needs the UCI text format (Date;Time;...), not a CSV")
-        lines = [ln.rstrip("\r\n") for ln in fh if "?" not in ln and ln.strip()]
+        # keep exactly the rows read_meter_file keeps: no '?' and no empty field
+        lines = [ln for ln in (raw.rstrip("\r\n") for raw in fh)
+                 if ln.strip() and all(c not in ("", "?") for c in ln.split(";"))]
     block = lines[start : start + size]
     out.parent.mkdir(parents=True, exist_ok=True)
     text = UCI_HEADER + "\r\n" + "\r\n".join(block) + "\r\n"

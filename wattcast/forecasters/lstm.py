@@ -3,7 +3,7 @@
 Training uses Keras (``wattcast.training``); the artifact also holds the weights
 as ``weights.npz`` so that a predictor node needs no TensorFlow: the forward pass
 below is the Keras LSTM (gates i, f, c, o; sigmoid / tanh) in float32, batched
-over any number of windows.  ``tests/test_artifacts.py`` checks it against Keras.
+over any number of windows.  ``tests/test_training.py`` checks it against Keras.
 
 Semantics follow the course: the input is the newest ``seq_length`` readings of
 the model's features (min-max scaled if the artifact has a scaler), zero-padded at
