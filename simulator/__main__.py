@@ -10,6 +10,7 @@ from wattcast.config import (
     ENV_HOUSES,
     ENV_MODELS,
     ENV_SPEED,
+    ENV_WAIT_FOR,
     add_broker_args,
     add_data_args,
     broker_from_args,
@@ -45,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=awaited.split(",") if awaited else [],
                    help="at max speed, keep at most --window readings ahead of these models' forecasts "
                         f"(env {ENV_MODELS}, comma-separated; default: none)")
+    waits = env_default(ENV_WAIT_FOR)
+    p.add_argument("--wait-for", nargs="*", metavar="NODE", default=waits.split(",") if waits else [],
+                   help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
+                        f"(env {ENV_WAIT_FOR}, comma-separated)")
+    p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)")
     p.add_argument("--window", type=int, default=32, help="readings per house ahead of the slowest model (default 32)")
     p.add_argument("--node", default="simulator", help="node id; also the MQTT client id")
     add_broker_args(p)
@@ -54,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from simulator.replay import Simulator, house_streams
+    from simulator.replay import Simulator, house_streams, wait_for_nodes
     from wattcast.data import DataError, load_split
     from wattcast.messages import status_topic
     from wattcast.node import NodeStats, StopFlag, connect, status
@@ -73,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = NodeStats(args.node)
         bus.publish(status_topic(args.node), status(args.node, "simulator", "online", stats).to_json(), retain=True)
+        if args.wait_for:
+            print(f"simulator: waiting for {', '.join(args.wait_for)}", file=sys.stderr, flush=True)
+            wait_for_nodes(bus, args.wait_for, args.wait_timeout)
         awaited = tuple(args.await_models) if args.speed is None else ()
         sim = Simulator(bus, streams, args.speed, qos=args.qos, await_models=awaited, window=args.window)
         sim.run(stop.is_set)
@@ -80,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         stats.counters["malformed"] = sim.malformed
         bus.publish(status_topic(args.node), status(args.node, "simulator", "offline", stats).to_json(), retain=True)
         bus.flush(timeout=30)
+    except TimeoutError as exc:
+        print(f"simulator: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         bus.close()
     return 0 if not stop.is_set() else 130

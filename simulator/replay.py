@@ -31,7 +31,17 @@ import numpy as np
 import pandas as pd
 
 from wattcast.bus import Bus
-from wattcast.messages import READING_FIELDS, EndOfStream, Forecast, MessageError, Reading, forecast_topic
+from wattcast.messages import (
+    ALL_STATUS,
+    READING_FIELDS,
+    EndOfStream,
+    Forecast,
+    MessageError,
+    Reading,
+    Status,
+    decode,
+    forecast_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +90,8 @@ class Simulator:
         self.forecast_seq: dict[tuple[str, str], int] = {}
         self.malformed = 0
         if self.await_models:
-            bus.subscribe(*(forecast_topic(s.house, m) for s in streams for m in self.await_models))
+            # QoS 0: a lost flow-control message only delays the replay until the next forecast.
+            bus.subscribe(*(forecast_topic(s.house, m) for s in streams for m in self.await_models), qos=0)
         self.streams = streams
         self.speed = speed
         self.qos = qos
@@ -159,12 +170,41 @@ class Simulator:
             self._note(message)
 
     def _note(self, message) -> None:
+        if "/forecast/" not in message.topic:
+            return  # e.g. node statuses
         try:
-            f = Forecast.from_json(message.payload)
+            f = decode(message.topic, message.payload)
         except MessageError as exc:
             self.malformed += 1
             log.warning("simulator: ignored a malformed forecast on %s: %s", message.topic[:120], exc)
             return
+        if not isinstance(f, Forecast):
+            return
         key = (f.house, f.model)
         if f.seq > self.forecast_seq.get(key, -1):
             self.forecast_seq[key] = f.seq
+
+
+def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float) -> None:
+    """Block until every node's (retained) status says online; TimeoutError names the missing ones.
+
+    A node that never connected has no subscription yet: readings published before it
+    is online would never reach it.
+    """
+    bus.subscribe(ALL_STATUS)
+    online: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not set(nodes) <= online:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"nodes not online after {timeout:.0f} s: {', '.join(sorted(set(nodes) - online))}")
+        try:
+            message = bus.inbox.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        try:
+            status = decode(message.topic, message.payload)
+        except MessageError:
+            continue
+        if isinstance(status, Status):
+            (online.add if status.state == "online" else online.discard)(status.node)

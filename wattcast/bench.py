@@ -30,6 +30,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=int, default=1440, help="readings per meter there (default 1440 = 1 day)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL")
     p.add_argument("--broker", default=None, help="use this broker instead of a private one")
+    p.add_argument("--window", type=int, default=None, help="simulator flow-control window (default: its own)")
     p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
 
 
@@ -65,7 +66,7 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
     ns = argparse.Namespace(
         data=None, fraction=None, seed=1234, broker=args.broker, username=None, password=None,
-        models=args.models, models_dir=None, speed=None, houses=houses, limit=limit,
+        models=args.models, models_dir=None, speed=None, houses=houses, limit=limit, window=args.window,
         store=str(workdir / name / "wattcast.db"), report=None, timeout=3600.0, json=True, quiet=True,
     )
     print(f"bench: {name}: {houses} house(s) x {limit or 'all'} readings, models {', '.join(args.models)} ...",

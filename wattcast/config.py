@@ -23,6 +23,7 @@ ENV_MODELS_DIR = "WATTCAST_MODELS_DIR"
 ENV_DATA = "WATTCAST_DATA"
 ENV_STORE = "WATTCAST_STORE"
 ENV_LOG_LEVEL = "WATTCAST_LOG_LEVEL"
+ENV_WAIT_FOR = "WATTCAST_WAIT_FOR"
 
 
 def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,

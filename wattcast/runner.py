@@ -45,6 +45,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
     p.add_argument("--houses", type=int, default=1, help="meters replayed at once (default 1)")
     p.add_argument("--limit", type=int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument("--window", type=int, default=None,
+                   help="at max speed, readings per house ahead of the slowest model (default: the simulator's)")
     p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
     p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
@@ -211,7 +213,21 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             predictor_nodes[model] = node
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
             children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, env))
-        waiting = [collector_node, *predictor_nodes.values()]
+        # The simulator starts with the others (its data loading is start-up, not replay) and
+        # waits by itself until every node it feeds is online.
+        simulator_node = f"simulator{suffix}"
+        sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
+                    "max" if args.speed is None else str(args.speed), "--node", simulator_node,
+                    "--wait-for", collector_node, *predictor_nodes.values()]
+        if args.limit:
+            sim_args += ["--limit", str(args.limit)]
+        if args.speed is None:
+            sim_args += ["--await-models", *args.models]
+            if args.window:
+                sim_args += ["--window", str(args.window)]
+        simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
+        children.append(simulator)
+        waiting = [collector_node, *predictor_nodes.values(), simulator_node]
         deadline = time.monotonic() + 120
         while True:
             watcher.poll()
@@ -223,19 +239,10 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 late = [n for n in waiting if not watcher.online(n)]
                 raise RunError(f"nodes not online after 120 s: {', '.join(late)}")
-            time.sleep(0.05)
+            time.sleep(0.02)
         startup_s = time.monotonic() - t0
-        say(f"nodes online after {startup_s:.1f} s: collector, {', '.join(args.models)}; replaying")
-
-        sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
-                    "max" if args.speed is None else str(args.speed), "--node", f"simulator{suffix}"]
-        if args.limit:
-            sim_args += ["--limit", str(args.limit)]
-        if args.speed is None:
-            sim_args += ["--await-models", *args.models]
+        say(f"nodes online after {startup_s:.1f} s: collector, {', '.join(args.models)}, simulator; replaying")
         t_replay = time.monotonic()
-        simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
-        children.append(simulator)
         collector = children[0]
         next_progress = time.monotonic() + 1.0
         while collector.proc.poll() is None:
