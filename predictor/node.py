@@ -61,6 +61,7 @@ class PredictorNode:
         if not pending:
             return
         values = self.model.predict([q for _, q in pending])
+        c["predict_calls"] += 1
         horizon = self.model.horizon_s
         for (reading, _), value in zip(pending, values, strict=True):
             forecast = Forecast(
