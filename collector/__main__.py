@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
-from wattcast.config import ENV_MODELS, ENV_STORE, add_broker_args, broker_from_args, env_default
+from wattcast.config import (
+    ENV_MODELS,
+    ENV_STORE,
+    add_broker_args,
+    add_log_args,
+    broker_from_args,
+    env_default,
+    setup_logging,
+)
 from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
 
 
@@ -24,14 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds to wait at end of stream for missing final forecasts (default 30)")
     p.add_argument("--exit-on-end", action="store_true", help="exit once the stream has ended and is scored")
     p.add_argument("--node", default="collector", help="node id; also the MQTT client id")
-    p.add_argument("--log-level", default=os.environ.get("WATTCAST_LOG_LEVEL", "INFO"))
+    add_log_args(p)
     add_broker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     from collector.node import CollectorNode
     from collector.store import Store
     from wattcast.node import StopFlag, connect, serve

@@ -7,7 +7,15 @@ import logging
 import os
 import sys
 
-from wattcast.config import ENV_MODEL, ENV_MODELS_DIR, add_broker_args, broker_from_args, env_default
+from wattcast.config import (
+    ENV_MODEL,
+    ENV_MODELS_DIR,
+    add_broker_args,
+    add_log_args,
+    broker_from_args,
+    env_default,
+    setup_logging,
+)
 from wattcast.messages import ALL_ENDS, MODELS, house_filter
 
 
@@ -20,14 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
     p.add_argument("--node", default=None, help="node id (default predictor-<model>); also the MQTT client id")
     p.add_argument("--max-batch", type=int, default=512, help="most readings predicted in one call")
-    p.add_argument("--log-level", default=os.environ.get("WATTCAST_LOG_LEVEL", "INFO"))
+    add_log_args(p)
     add_broker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     from predictor.node import PredictorNode
     from wattcast.forecasters import ArtifactError, load_model
     from wattcast.node import StopFlag, connect, serve

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from wattcast.config import (
@@ -13,8 +12,10 @@ from wattcast.config import (
     ENV_WAIT_FOR,
     add_broker_args,
     add_data_args,
+    add_log_args,
     broker_from_args,
     env_default,
+    setup_logging,
 )
 from wattcast.messages import MODELS
 
@@ -53,13 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)")
     p.add_argument("--window", type=int, default=32, help="readings per house ahead of the slowest model (default 32)")
     p.add_argument("--node", default="simulator", help="node id; also the MQTT client id")
+    add_log_args(p)
     add_broker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     from simulator.replay import Simulator, house_streams, wait_for_nodes
     from wattcast.data import DataError, load_split
     from wattcast.messages import status_topic

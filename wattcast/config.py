@@ -51,6 +51,18 @@ def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
     parser.add_argument("--seed", type=int, default=1234, help="seed of the block's start (default %(default)s)")
 
 
+def add_log_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    parser.add_argument("--log-level", default=env.get(ENV_LOG_LEVEL, "INFO"),
+                        help=f"DEBUG, INFO, WARNING or ERROR (env {ENV_LOG_LEVEL}; default %(default)s)")
+
+
+def setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def env_default(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     return env.get(name, default)
