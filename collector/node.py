@@ -41,8 +41,32 @@ class CollectorNode:
         self.finished = False
         self.lags: list[float] = []
         self.started = time.time()
+        self.restore()
         store.set_meta("collector", {"models": list(self.models), "window_s": window_s, "started_at": self.started})
         store.commit()
+
+    def restore(self) -> None:
+        """Rebuild the scores from a store that already holds part of this run (a restarted collector).
+
+        Matching is order-independent and idempotent, so replaying the stored readings and
+        forecasts gives the state the collector had; the broker's persistent session then
+        delivers what arrived while it was down.
+        """
+        db = self.store.db
+        readings = db.execute("SELECT house, ts, global_active_power FROM readings ORDER BY house, ts").fetchall()
+        for house, ts, value in readings:
+            self.board.add_actual(house, ts, value)
+        rows = db.execute("SELECT house, model, model_version, seq, issued_at, target_ts, value, reading_sent_at "
+                          "FROM forecasts ORDER BY house, model, issued_at").fetchall()
+        for house, model, version, seq, issued_at, target_ts, value, sent_at in rows:
+            if model in self.models:
+                self.board.add_forecast(Forecast(house, model, version, seq, issued_at, target_ts, value, sent_at))
+        for house, count, last_seq, last_ts in db.execute("SELECT house, readings, last_seq, last_ts FROM ends"):
+            self.ends[house] = EndOfStream(house, count, last_seq, last_ts)
+        if readings or rows:
+            self.stats.counters["restored"] = len(readings) + len(rows)
+            log.info("collector: restored %d readings and %d forecasts from %s", len(readings), len(rows),
+                     self.store.path)
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, batch: list[Message]) -> None:

@@ -89,14 +89,16 @@ class Scoreboard:
 
     def add_reading(self, r: Reading) -> list[Match] | None:
         """Matches completed by this reading; None if the reading was already known."""
-        known = self.actuals[r.house]
-        if r.ts in known:
+        return self.add_actual(r.house, r.ts, r.global_active_power)
+
+    def add_actual(self, house: str, ts: int, value: float) -> list[Match] | None:
+        known = self.actuals[house]
+        if ts in known:
             self.duplicates += 1
             return None
-        value = r.global_active_power
-        known[r.ts] = value
-        self.newest[r.house] = max(self.newest.get(r.house, r.ts), r.ts)
-        waiting = self.waiting[r.house].pop(r.ts, ())
+        known[ts] = value
+        self.newest[house] = max(self.newest.get(house, ts), ts)
+        waiting = self.waiting[house].pop(ts, ())
         return [self._match(f, value) for f in waiting]
 
     def add_forecast(self, f: Forecast) -> tuple[bool, Match | None]:

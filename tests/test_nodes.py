@@ -256,3 +256,21 @@ def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):
         assert m.n == len(targets) == 394
         assert math.isclose(m.mse, expected, rel_tol=1e-9)
         assert m.pending == 5
+
+
+def test_restarted_collector_rebuilds_its_scores_from_the_store(tmp_path):
+    node, bus, store = make_collector(tmp_path, models=("persistence",))
+    rs = [reading("h000", i, T0 + 60 * i, float(i % 7)) for i in range(40)]
+    fs = [fc("persistence", r.ts, r.global_active_power, seq=r.seq) for r in rs[1:]]
+    node.handle([msg(r) for r in rs[:20]] + [msg(f) for f in fs[:25]])
+    before = node.board.metrics("h000", "persistence")
+    store.close()
+    # a new process on the same store: the same state, then the rest of the stream
+    again = CollectorNode(MemoryHub().connect(), Store(tmp_path / "c.db"), ("persistence",))
+    assert again.board.metrics("h000", "persistence") == before
+    again.handle([msg(r) for r in rs[15:]] + [msg(f) for f in fs[20:]])  # overlap: redelivery
+    again.handle([msg(EndOfStream("h000", 40, 39, rs[-1].ts))])
+    assert again.tick()
+    reference, _, _ = make_collector(tmp_path / "ref", models=("persistence",))
+    reference.handle([msg(r) for r in rs] + [msg(f) for f in fs])
+    assert again.board.metrics("h000", "persistence") == reference.board.metrics("h000", "persistence")

@@ -186,6 +186,9 @@ class MqttBus:
         self._lock = threading.Lock()
         self.reconnects = 0
         self._closing = False
+        #: disconnections so far, and how many of them publish() has caught up with
+        self._disconnects = 0
+        self._synced_disconnects = 0
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -219,6 +222,7 @@ class MqttBus:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._disconnects += 1
         if self._connected.is_set() and not self._closing:
             self.reconnects += 1
             log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
@@ -248,6 +252,8 @@ class MqttBus:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if len(payload) > MAX_PACKET_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes on {topic!r} exceeds {MAX_PACKET_PAYLOAD}")
+        if qos > 0 and self._disconnects != self._synced_disconnects:
+            self._resync()
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0:
             if info.rc == self._mqtt.MQTT_ERR_NO_CONN:
@@ -261,6 +267,25 @@ class MqttBus:
             while len(self._pending) > 4 * self.max_inflight:
                 self._wait(self._pending[0], None)
                 self._pending.popleft()
+
+    def _resync(self, timeout: float = 60.0) -> None:
+        """After a disconnection, publish nothing new until the broker has what paho re-sends.
+
+        paho re-sends the unacknowledged messages only once the broker accepts the new
+        connection, but writes a newer message right away: the broker would get them out
+        of order (MQTT 3.1.1 4.6 forbids it), and a predictor drops a reading older than
+        one it has seen.  So wait to be connected, then for every earlier publish to be
+        acknowledged.  After ``timeout`` publish anyway (paho keeps the message).
+        """
+        deadline = time.monotonic() + timeout
+        while not self._closing and time.monotonic() < deadline:
+            seen = self._disconnects
+            if self._connected.wait(0.5) and self.flush(timeout=max(0.0, deadline - time.monotonic())):
+                if self._connected.is_set() and self._disconnects == seen:
+                    self._synced_disconnects = seen
+                    return
+        log.warning("%s: still not reconnected after %.0f s; publishing anyway", self.client_id, timeout)
+        self._synced_disconnects = self._disconnects
 
     @staticmethod
     def _wait(info, deadline: float | None) -> bool:

@@ -116,6 +116,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_passwd(args: argparse.Namespace) -> int:
+    from wattcast.credentials import passwd_command
+
+    return passwd_command(args)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from wattcast.config import broker_from_args
     from wattcast.watch import watch
@@ -187,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
     w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
+
+    bk = sub.add_parser("broker", help="credentials of the compose deployment's broker")
+    bsub = bk.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
+    bp = bsub.add_parser("passwd", help="create the MQTT passwords (.env for docker compose; random unless given)")
+    from wattcast.credentials import add_passwd_args
+
+    add_passwd_args(bp)
+    bp.set_defaults(func=cmd_broker_passwd)
     return p
 
 

@@ -31,7 +31,7 @@ MAX_PAYLOAD_BYTES = 4096
 HORIZON_S = 300
 MODELS = ("lstm", "lstm-augmented", "linear", "persistence")
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Event timestamps must lie in a sane range: 1990-01-01 .. 2100-01-01.
 _TS_MIN, _TS_MAX = 631152000, 4102444800
 
@@ -94,7 +94,7 @@ def parse_topic(topic: str) -> tuple[str, str, str | None]:
 # ------------------------------------------------------------------------- validation
 
 def _check_id(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise MessageError(f"{name} must be 1-64 characters of [A-Za-z0-9_.-], got {value!r:.80}")
     return value
 

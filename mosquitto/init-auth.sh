@@ -1,0 +1,57 @@
+#!/bin/sh
+# Creates the broker's password file and ACL copy: the `mosquitto-init` step of
+# docker-compose.yml (run in the eclipse-mosquitto image, before the broker).
+#
+# Passwords come from the environment, one variable per MQTT user:
+#     WATTCAST_PASSWORD_SIMULATOR, WATTCAST_PASSWORD_PREDICTOR_LSTM, ...,
+#     WATTCAST_PASSWORD_COLLECTOR, WATTCAST_PASSWORD_VIEWER
+# (docker compose reads them from the untracked file .env; create it with
+# `wattcast broker passwd --env-file .env`, see mosquitto/README.md).
+# A missing or empty one is an error: the broker then does not start.
+# The `healthcheck` user gets a new random password at every start, written to
+# $WATTCAST_AUTH_DIR/healthcheck.password for the broker's own healthcheck.
+#
+# Writes (mode 600, owner mosquitto when that user exists):
+#     $WATTCAST_AUTH_DIR/passwd   $WATTCAST_AUTH_DIR/acl   $WATTCAST_AUTH_DIR/healthcheck.password
+# WATTCAST_AUTH_DIR defaults to /mosquitto/auth; the ACL is copied from the folder
+# of this script.  Needs mosquitto_passwd (part of the mosquitto image).
+set -eu
+
+users="simulator predictor-lstm predictor-lstm-augmented predictor-linear predictor-persistence collector viewer"
+auth_dir="${WATTCAST_AUTH_DIR:-/mosquitto/auth}"
+src_dir="$(cd "$(dirname "$0")" && pwd)"
+
+umask 077
+mkdir -p "$auth_dir"
+new="$auth_dir/passwd.new"
+rm -f "$new"
+: > "$new"
+
+missing=""
+for user in $users; do
+    var="WATTCAST_PASSWORD_$(echo "$user" | tr 'a-z-' 'A-Z_')"
+    eval "password=\${$var:-}"
+    if [ -z "$password" ]; then
+        missing="$missing $var"
+        continue
+    fi
+    mosquitto_passwd -b "$new" "$user" "$password"
+done
+if [ -n "$missing" ]; then
+    rm -f "$new"
+    echo "mosquitto-init: error: no password for:$missing" >&2
+    echo "mosquitto-init: create them with 'wattcast broker passwd --env-file .env' (see mosquitto/README.md)" >&2
+    exit 1
+fi
+
+healthcheck="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+mosquitto_passwd -b "$new" healthcheck "$healthcheck"
+printf '%s\n' "$healthcheck" > "$auth_dir/healthcheck.password"
+cp "$src_dir/acl" "$auth_dir/acl.new"
+mv "$new" "$auth_dir/passwd"
+mv "$auth_dir/acl.new" "$auth_dir/acl"
+chmod 600 "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/healthcheck.password"
+if id mosquitto > /dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    chown mosquitto:mosquitto "$auth_dir" "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/healthcheck.password"
+fi
+echo "mosquitto-init: password file with users: $users healthcheck"
