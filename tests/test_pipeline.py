@@ -247,3 +247,19 @@ def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
     assert "Traceback" not in err
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_run_falls_back_to_the_embedded_broker(val, tmp_path):
+    pytest.importorskip("amqtt", reason="the embedded broker needs the embedded-broker extra")
+    out = subprocess.run(
+        [sys.executable, "-m", "wattcast", "run", "--broker-kind", "amqtt", "--store", str(tmp_path / "a.db"),
+         "--limit", "150", "--models", "persistence", "linear", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["broker"]["kind"] == "amqtt"
+    for name in ("persistence", "linear"):
+        n, mse = offline_mse(name, val.iloc[:150])
+        assert result["models"][name]["n"] == n == 144
+        assert math.isclose(result["models"][name]["mse"], mse, rel_tol=1e-9)

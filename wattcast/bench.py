@@ -65,7 +65,7 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
 
     houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
     ns = argparse.Namespace(
-        data=None, fraction=None, seed=1234, broker=args.broker, username=None, password=None,
+        data=None, fraction=None, seed=1234, broker=args.broker, broker_kind=None, username=None, password=None,
         models=args.models, models_dir=None, speed=None, houses=houses, limit=limit, window=args.window,
         store=str(workdir / name / "wattcast.db"), report=None, timeout=3600.0, json=True, quiet=True,
     )

@@ -37,6 +37,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--broker", default=None,
                    help="use this broker (mqtt://host:port); default: start a private one on a free port")
+    p.add_argument("--broker-kind", choices=("mosquitto", "amqtt"), default=None,
+                   help="private broker to start (default: mosquitto if installed, else the embedded amqtt)")
     p.add_argument("--username", default=None, help="MQTT user name for --broker")
     p.add_argument("--password", default=None, help="MQTT password for --broker")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
@@ -176,7 +178,10 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         broker_kind = "external"
         suffix = f"-{os.getpid()}"  # never take over the client ids of another deployment
     else:
-        broker = PrivateBroker()
+        try:
+            broker = PrivateBroker(prefer=args.broker_kind)
+        except RuntimeError as exc:
+            raise RunError(str(exc).splitlines()[0]) from None
         broker.start()
         config = BrokerConfig(broker.host, broker.port)
         broker_kind = broker.kind
