@@ -289,6 +289,8 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             "store": str(store_path),
             "predictors": {m: {k: watcher.counter(n, k) for k in ("received", "forecasts", "duplicates", "malformed")}
                            for m, n in predictor_nodes.items()},
+            # every node's last counters (peak RSS, start-up, messages), as its final status said
+            "nodes": {n: dict(s.counters or {}) for n, s in sorted(watcher.statuses.items())},
         }
         if args.houses > 1:
             out["per_house"] = result["houses"]
