@@ -1,6 +1,6 @@
 """The data pipeline: readers, cleaning, the notebook's split, extract_block.
 
-The facts come from /work/shared/reference/README.md (the course notebook on the
+The facts come from ../shared/reference/README.md (the course notebook on the
 full UCI data set).  Tests on the full data set read it once per session and skip
 when it is not there.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import gzip
+import os
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,9 @@ import wattcast.data as data
 from wattcast.data import DataError, extract_block, load_split, read_meter_file, sample_path, subset_bounds
 from wattcast.messages import READING_FIELDS
 
-FULL = Path("/work/shared/data/household_power_consumption.zip")
+# The full data set beside the checkout (../shared/data), as on the developers' machines and in CI.
+FULL = Path(os.environ.get("WATTCAST_FULL_DATA",
+                           Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"))
 FIXTURES = Path(__file__).parent / "fixtures"
 # tests/fixtures/cleaned_head.csv: the first 60 rows of the shipped sample written the way the course's
 # assignment 2 saves its cleaned frame (df.to_csv): index column, ISO Date, Time, the UCI columns as
