@@ -95,6 +95,15 @@ class Watcher:
                 if self.view is not None:
                     self.view.update(msg)
 
+    def wait_offline(self, nodes: list[str], timeout: float) -> None:
+        """Give stopped nodes a moment for their final status (with their final counters) to arrive."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if all((s := self.statuses.get(n)) is not None and s.state == "offline" for n in nodes):
+                return
+            time.sleep(0.05)
+
     def online(self, node: str) -> bool:
         s = self.statuses.get(node)
         return s is not None and s.state == "online"
@@ -270,8 +279,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
         simulator.proc.wait(30)
         _stop(children)
-        time.sleep(0.2)
-        watcher.poll()
+        watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
         result = scores_from_store(store_path)
         malformed = int(result["collector"].get("malformed", 0))
         malformed += sum(watcher.counter(n, "malformed") for n in predictor_nodes.values())
