@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
                         f"(env {ENV_WAIT_FOR}, comma-separated)")
     p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)")
-    p.add_argument("--window", type=int, default=32, help="readings per house ahead of the slowest model (default 32)")
+    p.add_argument("--window", type=int, default=32,
+                   help="readings in flight (all houses, at least a minute of each) ahead of the slowest model "
+                        "(default 32)")
     p.add_argument("--node", default="simulator", help="node id; also the MQTT client id")
     add_log_args(p)
     add_broker_args(p)

@@ -12,8 +12,8 @@ as flow control allows.  Two levels of flow control:
 * the MQTT bus blocks while too many QoS 1 publishes wait for the broker's
   acknowledgement (the broker is never flooded);
 * with ``await_models``, the simulator subscribes to those models' forecasts and
-  keeps at most ``window`` readings per house ahead of the slowest model's newest
-  forecast, so a slow predictor sets the pace instead of building a backlog (and
+  keeps at most ``window`` readings (over all houses; at least one minute of every
+  house) ahead of the slowest model's newest forecast, so a slow predictor sets the pace instead of building a backlog (and
   latency).  A model that sends nothing for ``stall_s`` seconds stops being waited
   for (logged), so a dead predictor cannot stall the replay.
 """
@@ -114,7 +114,8 @@ class Simulator:
                 if delay > 0:
                     time.sleep(delay)
             if self.await_models:
-                self._await_window(i - self.window, stop)
+                # ``window`` readings in flight over all houses: so many minutes behind
+                self._await_window(i - max(1, self.window // len(self.streams)), stop)
             for s in self.streams:
                 if i >= len(s.ts):
                     continue
