@@ -27,8 +27,10 @@ class ArtifactError(ValueError):
     """A model artifact that is missing or does not hold what it should."""
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + exp(-x)), without overflow
+def _gates_last(w: np.ndarray, units: int) -> np.ndarray:
+    """Keras gate order (i, f, c, o) -> (i, f, o, c): the three sigmoid gates side by side."""
+    i, f, c, o = (w[..., k * units : (k + 1) * units] for k in range(4))
+    return np.ascontiguousarray(np.concatenate([i, f, o, c], axis=-1))
 
 
 class LstmNet:
@@ -37,6 +39,8 @@ class LstmNet:
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dense: tuple) -> None:
         self.layers = [(k.astype(np.float32), r.astype(np.float32), b.astype(np.float32)) for k, r, b in layers]
         self.dense = (dense[0].astype(np.float32), dense[1].astype(np.float32))
+        # The same weights with the gates reordered for one sigmoid call per step.
+        self._runtime = [tuple(_gates_last(w, r.shape[0]) for w in (k, r, b)) for k, r, b in self.layers]
 
     @classmethod
     def from_npz(cls, path: Path) -> LstmNet:
@@ -59,24 +63,29 @@ class LstmNet:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: (batch, steps, features) -> (batch,)"""
         seq = np.asarray(x, dtype=np.float32)
-        for kernel, recurrent, bias in self.layers:
+        last = len(self._runtime) - 1
+        for n, (kernel, recurrent, bias) in enumerate(self._runtime):
             batch, steps, _ = seq.shape
             units = recurrent.shape[0]
             h = np.zeros((batch, units), np.float32)
             c = np.zeros((batch, units), np.float32)
             xw = seq @ kernel + bias  # all input projections at once
-            out = np.empty((batch, steps, units), np.float32)
+            out = np.empty((batch, steps, units), np.float32) if n < last else None
             for t in range(steps):
                 z = xw[:, t] + h @ recurrent
-                i = _sigmoid(z[:, :units])
-                f = _sigmoid(z[:, units : 2 * units])
-                g = np.tanh(z[:, 2 * units : 3 * units])
-                o = _sigmoid(z[:, 3 * units :])
-                c = f * c + i * g
-                h = o * np.tanh(c)
-                out[:, t] = h
-            seq = out
-        return (seq[:, -1] @ self.dense[0] + self.dense[1])[:, 0]
+                gates = z[:, : 3 * units]  # sigmoid(x) = (tanh(x / 2) + 1) / 2, in place
+                gates *= 0.5
+                np.tanh(gates, out=gates)
+                gates += 1.0
+                gates *= 0.5
+                c *= gates[:, units : 2 * units]
+                c += gates[:, :units] * np.tanh(z[:, 3 * units :])
+                h = gates[:, 2 * units :] * np.tanh(c)
+                if out is not None:
+                    out[:, t] = h
+            if out is not None:
+                seq = out
+        return (h @ self.dense[0] + self.dense[1])[:, 0]
 
 
 class LstmForecaster(Forecaster):
