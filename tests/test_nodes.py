@@ -274,3 +274,35 @@ def test_restarted_collector_rebuilds_its_scores_from_the_store(tmp_path):
     reference, _, _ = make_collector(tmp_path / "ref", models=("persistence",))
     reference.handle([msg(r) for r in rs] + [msg(f) for f in fs])
     assert again.board.metrics("h000", "persistence") == reference.board.metrics("h000", "persistence")
+
+
+def test_serve_survives_a_failing_handler_and_counts_it():
+    from wattcast.node import NodeStats, StopFlag, serve
+
+    hub = MemoryHub()
+    bus = hub.connect()
+    bus.subscribe("t/#")
+    stats = NodeStats("n")
+    stop = StopFlag(install_signals=False)
+    seen = []
+
+    def handle(batch):
+        seen.extend(batch)
+        if len(seen) == 1:
+            raise RuntimeError("boom")
+        stop.set()
+
+    other = hub.connect()
+    other.publish("t/a", b"1")
+    import threading
+
+    def later():
+        import time
+
+        time.sleep(0.3)
+        other.publish("t/b", b"2")
+
+    threading.Thread(target=later).start()
+    serve(bus, "n", "test", stats, handle, stop)
+    assert [m.topic for m in seen] == ["t/a", "t/b"]
+    assert stats.counters["handler_errors"] == 1
