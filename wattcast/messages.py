@@ -24,6 +24,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any, ClassVar
 
 ROOT = "wattcast/v1"
@@ -132,7 +133,8 @@ def _load(payload: bytes | str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        text = payload.decode("utf-8") if isinstance(payload, bytes | bytearray) else payload
+        obj = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -144,6 +146,15 @@ def _reject_constant(name: str) -> None:
     raise MessageError(f"{name} is not allowed in a payload")
 
 
+# One decoder for every payload (json.loads with options builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 class _Payload:
     """JSON round-trip shared by every message type."""
 
@@ -151,7 +162,7 @@ class _Payload:
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
-        for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+        for name in _field_names(type(self)):
             value = getattr(self, name)
             if value is not None:
                 out[name] = dict(value) if isinstance(value, dict) else value
@@ -166,7 +177,7 @@ class _Payload:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]):
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = _field_names(cls)
         missing = [k for k in cls._required if k not in obj]
         if missing:
             raise MessageError(f"{cls.__name__} is missing {', '.join(missing)}")
