@@ -334,3 +334,28 @@ def test_rejected_publishes_do_not_disconnect(broker_factory, mqtt_bus, tmp_path
 def test_private_broker_reports_a_failed_start(broker_factory):
     with pytest.raises(RuntimeError, match="no_such_option"):
         broker_factory(extra_conf="no_such_option 1", prefer="mosquitto")
+
+
+def test_batched_publishes_and_acks_all_arrive(broker, mqtt_bus):
+    sub = mqtt_bus(manual_ack=True)
+    pub = mqtt_bus()
+    sub.subscribe("test/batch/#")
+    wait_subscribed(sub, pub, "test/batch/probe")
+    wake = pub.client._sockpairW
+    with pub.batched():
+        for i in range(200):
+            pub.publish(f"test/batch/{i}", str(i).encode())
+    assert pub.client._sockpairW is wake  # paho's wake-up socket is back
+    assert pub.flush(10)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 200 and time.monotonic() < deadline:
+        try:
+            m = sub.inbox.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        with sub.batched():  # the broker sends at most max_inflight unacknowledged messages
+            sub.ack(m)
+        if m.payload != PROBE:
+            got.append(m)
+    assert sorted(int(m.payload) for m in got) == list(range(200))

@@ -10,11 +10,13 @@ Nodes see only :class:`Bus`: ``publish``, ``subscribe`` and an ``inbox`` queue o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlparse
@@ -45,6 +47,10 @@ class Bus(Protocol):
 
     def ack(self, message: Message) -> None:
         """Acknowledge a QoS 1 message once it is handled (buses with manual acknowledgement)."""
+        ...
+
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        """Group the publishes and acks of one handled batch (fewer wake-ups of the network thread)."""
         ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
@@ -113,6 +119,9 @@ class MemoryBus:
 
     def ack(self, message: Message) -> None:
         pass
+
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def flush(self, timeout: float | None = None) -> bool:
         return True
@@ -306,6 +315,29 @@ class MqttBus:
     def ack(self, message: Message) -> None:
         if self.manual_ack and message.qos > 0:
             self.client.ack(message.mid, message.qos)
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Queue the packets of a batch without waking paho's network thread for each one.
+
+        paho (2.x) writes a byte to an internal socket pair for every queued packet so
+        that its network thread leaves select(); for a batch of forecasts and acks one
+        wake-up at the end does the same work.  Where paho has no such socket pair
+        (another version), this is a no-op.
+        """
+        client = self.client
+        wake = getattr(client, "_sockpairW", None)
+        if wake is None:
+            yield
+            return
+        client._sockpairW = None
+        try:
+            yield
+        finally:
+            if client._sockpairW is None:  # paho replaces the pair on reconnect: keep a new one
+                client._sockpairW = wake
+            with contextlib.suppress(OSError):
+                client._sockpairW.send(b"0")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every QoS>0 publish so far is acknowledged by the broker."""

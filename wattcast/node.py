@@ -132,14 +132,15 @@ def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[li
     while not stop.is_set():
         batch = drain(bus, max_batch, timeout=0.1)
         if batch:
-            try:
-                handle(batch)
-            except Exception:  # a bug or a broken store must not take the node down: count, log, go on
-                stats.counters["handler_errors"] += len(batch)
-                log.exception("%s: handling a batch of %d messages failed; they are counted as handler_errors",
-                              node, len(batch))
-            for message in batch:
-                bus.ack(message)
+            with bus.batched():
+                try:
+                    handle(batch)
+                except Exception:  # a bug or a broken store must not take the node down: count, log, go on
+                    stats.counters["handler_errors"] += len(batch)
+                    log.exception("%s: handling a batch of %d messages failed; they are counted as handler_errors",
+                                  node, len(batch))
+                for message in batch:
+                    bus.ack(message)
         now = time.monotonic()
         if now >= next_status:
             bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
