@@ -8,8 +8,7 @@ import sys
 from wattcast.config import (
     ENV_MODELS,
     ENV_STORE,
-    add_broker_args,
-    add_log_args,
+    add_node_args,
     broker_from_args,
     env_default,
     setup_logging,
@@ -29,9 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain", type=float, default=30.0,
                    help="seconds to wait at end of stream for missing final forecasts (default 30)")
     p.add_argument("--exit-on-end", action="store_true", help="exit once the stream has ended and is scored")
-    p.add_argument("--node", default="collector", help="node id; also the MQTT client id")
-    add_log_args(p)
-    add_broker_args(p)
+    add_node_args(p, "collector")
     return p.parse_args(argv)
 
 

@@ -10,8 +10,7 @@ import sys
 from wattcast.config import (
     ENV_MODEL,
     ENV_MODELS_DIR,
-    add_broker_args,
-    add_log_args,
+    add_node_args,
     broker_from_args,
     env_default,
     setup_logging,
@@ -26,10 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
     p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
-    p.add_argument("--node", default=None, help="node id (default predictor-<model>); also the MQTT client id")
+
     p.add_argument("--max-batch", type=int, default=512, help="most readings predicted in one call")
-    add_log_args(p)
-    add_broker_args(p)
+    add_node_args(p, None)  # the node id defaults to predictor-<model>
     return p.parse_args(argv)
 
 

@@ -10,9 +10,8 @@ from wattcast.config import (
     ENV_MODELS,
     ENV_SPEED,
     ENV_WAIT_FOR,
-    add_broker_args,
     add_data_args,
-    add_log_args,
+    add_node_args,
     broker_from_args,
     env_default,
     setup_logging,
@@ -55,9 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=32,
                    help="readings in flight (all houses, at least a minute of each) ahead of the slowest model "
                         "(default 32)")
-    p.add_argument("--node", default="simulator", help="node id; also the MQTT client id")
-    add_log_args(p)
-    add_broker_args(p)
+    add_node_args(p, "simulator")
     return p.parse_args(argv)
 
 

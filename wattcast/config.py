@@ -57,6 +57,14 @@ def add_log_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None 
                         help=f"DEBUG, INFO, WARNING or ERROR (env {ENV_LOG_LEVEL}; default %(default)s)")
 
 
+def add_node_args(parser: argparse.ArgumentParser, node: str | None, env: Mapping[str, str] | None = None) -> None:
+    """What every node takes: its id, the log level and the broker."""
+    default = f"default {node}" if node else "default per role"
+    parser.add_argument("--node", default=node, help=f"node id, also the MQTT client id (wattcast-<node>); {default}")
+    add_log_args(parser, env)
+    add_broker_args(parser, env)
+
+
 def setup_logging(level: str) -> None:
     import logging
 
