@@ -359,3 +359,18 @@ def test_batched_publishes_and_acks_all_arrive(broker, mqtt_bus):
         if m.payload != PROBE:
             got.append(m)
     assert sorted(int(m.payload) for m in got) == list(range(200))
+
+
+def test_flow_control_inside_a_batch_does_not_stall(broker, mqtt_bus):
+    """More publishes in one batch than the flow-control bound: the bus wakes paho itself."""
+    sub = mqtt_bus()
+    pub = mqtt_bus(max_inflight=5)  # publish() waits beyond 4 * 5 pending acknowledgements
+    sub.subscribe("test/stall/#")
+    wait_subscribed(sub, pub, "test/stall/probe")
+    started = time.monotonic()
+    with pub.batched():
+        for i in range(300):
+            pub.publish(f"test/stall/{i}", b"x")
+    assert pub.flush(10)
+    # measured: about 0.1 s; without the bus waking paho's network thread, about 2 s (its select() sleeps)
+    assert time.monotonic() - started < 1.0

@@ -198,6 +198,8 @@ class MqttBus:
         #: disconnections so far, and how many of them publish() has caught up with
         self._disconnects = 0
         self._synced_disconnects = 0
+        #: paho's wake-up socket while batched() holds it back
+        self._held_wake = None
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -296,9 +298,11 @@ class MqttBus:
         log.warning("%s: still not reconnected after %.0f s; publishing anyway", self.client_id, timeout)
         self._synced_disconnects = self._disconnects
 
-    @staticmethod
-    def _wait(info, deadline: float | None) -> bool:
+    def _wait(self, info, deadline: float | None) -> bool:
         """Wait for one publish's acknowledgement; tolerant of disconnections (paho re-sends)."""
+        if self._held_wake is not None:  # inside batched(): let the network thread write what is queued
+            with contextlib.suppress(OSError):
+                self._held_wake.send(b"0")
         while not info.is_published():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -331,9 +335,11 @@ class MqttBus:
             yield
             return
         client._sockpairW = None
+        self._held_wake = wake
         try:
             yield
         finally:
+            self._held_wake = None
             if client._sockpairW is None:  # paho replaces the pair on reconnect: keep a new one
                 client._sockpairW = wake
             with contextlib.suppress(OSError):
