@@ -188,7 +188,8 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         suffix = f"-{os.getpid()}"  # never take over the client ids of another deployment
     else:
         try:
-            broker = PrivateBroker(prefer=args.broker_kind)
+            # its config, log and database stay with the run's store and node logs
+            broker = PrivateBroker(prefer=args.broker_kind, workdir=store_path.parent / "broker")
         except RuntimeError as exc:
             raise RunError(str(exc).splitlines()[0]) from None
         broker.start()
