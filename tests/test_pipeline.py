@@ -263,3 +263,51 @@ def test_run_falls_back_to_the_embedded_broker(val, tmp_path):
         n, mse = offline_mse(name, val.iloc[:150])
         assert result["models"][name]["n"] == n == 144
         assert math.isclose(result["models"][name]["mse"], mse, rel_tol=1e-9)
+
+
+@pytest.mark.slow
+def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker, val, tmp_path):
+    url = module_broker.url
+    db = tmp_path / "k.db"
+    limit = 600
+    models = ("persistence", "linear")
+
+    def collector():
+        return spawn("collector", "--broker", url, "--store", str(db), "--models", *models, "--exit-on-end",
+                     "--node", "collector-kill", "--drain", "20", log=tmp_path / "collector.log")
+
+    first = collector()
+    procs = [first, *(spawn("predictor", "--broker", url, "--model", m, "--node", f"predictor-{m}-kill",
+                            log=tmp_path / f"{m}.log") for m in models)]
+    try:
+        wait_online(url, ["collector-kill", "predictor-persistence-kill", "predictor-linear-kill"])
+        sim = spawn("simulator", "--broker", url, "--limit", str(limit), "--speed", "9000", "--node", "simulator-kill",
+                    log=tmp_path / "sim.log")
+        procs.append(sim)
+        time.sleep(1.5)
+        first.send_signal(signal.SIGKILL)  # mid-replay, mid-batch perhaps: nothing acknowledged is lost
+        first.wait()
+        time.sleep(0.5)
+        second = collector()
+        procs.append(second)
+        assert sim.wait(timeout=60) == 0
+        assert second.wait(timeout=90) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert "restored" in (tmp_path / "collector.log").read_text()
+    s = Store(db)
+    try:
+        for model in models:
+            n, mse = offline_mse(model, val.iloc[:limit])
+            (row,) = s.db.execute("SELECT n, mse, pending FROM summary WHERE model = ?", (model,)).fetchall()
+            assert row[0] == n and math.isclose(row[1], mse, rel_tol=1e-9) and row[2] == 5, (model, row)
+        assert s.count("readings") == limit
+    finally:
+        s.close()
