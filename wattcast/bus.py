@@ -198,8 +198,9 @@ class MqttBus:
         #: disconnections so far, and how many of them publish() has caught up with
         self._disconnects = 0
         self._synced_disconnects = 0
-        #: paho's wake-up socket while batched() holds it back
+        #: paho's wake-up socket while batched() holds it back, and the packets queued meanwhile
         self._held_wake = None
+        self._held_packets = 0
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -266,6 +267,7 @@ class MqttBus:
         if qos > 0 and self._disconnects != self._synced_disconnects:
             self._resync()
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self._held_packets += 1
         if qos > 0:
             if info.rc == self._mqtt.MQTT_ERR_NO_CONN:
                 # Published while disconnected: paho keeps the message and sends it after
@@ -300,6 +302,8 @@ class MqttBus:
 
     def _wait(self, info, deadline: float | None) -> bool:
         """Wait for one publish's acknowledgement; tolerant of disconnections (paho re-sends)."""
+        if info.is_published():
+            return True
         if self._held_wake is not None:  # inside batched(): let the network thread write what is queued
             with contextlib.suppress(OSError):
                 self._held_wake.send(b"0")
@@ -319,6 +323,7 @@ class MqttBus:
     def ack(self, message: Message) -> None:
         if self.manual_ack and message.qos > 0:
             self.client.ack(message.mid, message.qos)
+            self._held_packets += 1
 
     @contextlib.contextmanager
     def batched(self) -> Iterator[None]:
@@ -336,14 +341,16 @@ class MqttBus:
             return
         client._sockpairW = None
         self._held_wake = wake
+        self._held_packets = 0
         try:
             yield
         finally:
             self._held_wake = None
             if client._sockpairW is None:  # paho replaces the pair on reconnect: keep a new one
                 client._sockpairW = wake
-            with contextlib.suppress(OSError):
-                client._sockpairW.send(b"0")
+            if self._held_packets:  # nothing queued, nothing to wake up for
+                with contextlib.suppress(OSError):
+                    client._sockpairW.send(b"0")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every QoS>0 publish so far is acknowledged by the broker."""
