@@ -311,3 +311,17 @@ def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker
         assert s.count("readings") == limit
     finally:
         s.close()
+
+
+def test_run_with_its_default_store_in_the_working_directory(tmp_path):
+    """No --store: runs/<time>/ under the current directory, private broker files included."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wattcast", "run", "--limit", "50", "--models", "persistence", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    store = tmp_path / result["store"]
+    assert not Path(result["store"]).is_absolute() and store.is_file()
+    assert (store.parent / "logs" / "collector.log").is_file()
+    assert result["models"]["persistence"]["n"] == 44

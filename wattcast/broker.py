@@ -111,7 +111,9 @@ class PrivateBroker:
         self.persistence = persistence
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="wattcast-broker-"))
+        # absolute: the broker runs with the workdir as its current directory
+        self.workdir = (Path(workdir) if workdir is not None
+                        else Path(tempfile.mkdtemp(prefix="wattcast-broker-"))).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "broker.log"
         self.config_path = self.workdir / "mosquitto.conf"

@@ -190,9 +190,9 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         try:
             # its config, log and database stay with the run's store and node logs
             broker = PrivateBroker(prefer=args.broker_kind, workdir=store_path.parent / "broker")
-        except RuntimeError as exc:
-            raise RunError(str(exc).splitlines()[0]) from None
-        broker.start()
+            broker.start()
+        except RuntimeError as exc:  # no broker installed, or it would not start: its log says why
+            raise RunError(" | ".join(str(exc).strip().splitlines()[-3:])) from None
         config = BrokerConfig(broker.host, broker.port)
         broker_kind = broker.kind
         suffix = ""
