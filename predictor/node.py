@@ -25,7 +25,6 @@ class PredictorNode:
         self.stats = NodeStats(self.node)
         self.houses: dict[str, Forecaster] = {}
         self.last_seq: dict[str, int] = {}
-        self.ended: dict[str, int] = {}
 
     def handle(self, batch: list[Message]) -> None:
         c = self.stats.counters
@@ -37,7 +36,6 @@ class PredictorNode:
                 self.stats.reject(message.topic, str(exc))
                 continue
             if isinstance(msg, EndOfStream):
-                self.ended[msg.house] = msg.last_seq
                 c["ends"] += 1
                 continue
             if not isinstance(msg, Reading):

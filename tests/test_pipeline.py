@@ -56,6 +56,18 @@ def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
                             cwd=ROOT)
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, then wait (kill after 10 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def wait_online(url: str, nodes: list[str], timeout: float = 60) -> None:
     """Wait for the retained online status of every node (fresh ones only)."""
     from wattcast.messages import ALL_STATUS, Status, decode
@@ -182,14 +194,7 @@ def test_predictor_killed_mid_replay_resumes_without_losing_readings(module_brok
         assert sim.wait(timeout=60) == 0
         assert collector.wait(timeout=90) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     s = Store(db)
     try:
         seqs = [r[0] for r in s.db.execute("SELECT seq FROM forecasts WHERE model='linear' ORDER BY seq")]
@@ -293,14 +298,7 @@ def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker
         assert sim.wait(timeout=60) == 0
         assert second.wait(timeout=90) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     assert "restored" in (tmp_path / "collector.log").read_text()
     s = Store(db)
     try:

@@ -194,6 +194,8 @@ class MqttBus:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.reconnects = 0
+        #: the broker's reason when it refused the connection (bad credentials, ...)
+        self.refused: str | None = None
         self._closing = False
         #: disconnections so far, and how many of them publish() has caught up with
         self._disconnects = 0
@@ -244,8 +246,6 @@ class MqttBus:
         self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time(), msg.mid, msg.qos))
 
     # -- Bus ---------------------------------------------------------------------------
-    refused: str | None = None
-
     def connect(self, timeout: float = 10.0) -> MqttBus:
         """Connect and start the network loop; raises ConnectionError with one clear line."""
         try:

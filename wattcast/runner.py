@@ -72,12 +72,11 @@ class Child:
 
 @dataclass
 class Watcher:
-    """The runner's own view of the bus: node statuses and the newest metrics."""
+    """The runner's own view of the bus: node statuses, and metrics for the live view."""
 
     bus: MqttBus
     since: float
     statuses: dict[str, Status] = field(default_factory=dict)
-    metrics: dict[tuple[str, str], Metrics] = field(default_factory=dict)
     view: Any = None  # a wattcast.live.LiveView, fed with every Metrics
 
     def poll(self) -> None:
@@ -90,10 +89,8 @@ class Watcher:
             if isinstance(msg, Status):
                 if (msg.ts or 0) >= self.since:
                     self.statuses[msg.node] = msg
-            elif isinstance(msg, Metrics):
-                self.metrics[(msg.house, msg.model)] = msg
-                if self.view is not None:
-                    self.view.update(msg)
+            elif isinstance(msg, Metrics) and self.view is not None:
+                self.view.update(msg)
 
     def wait_offline(self, nodes: list[str], timeout: float) -> None:
         """Give stopped nodes a moment for their final status (with their final counters) to arrive."""
@@ -216,7 +213,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
     try:
         watcher_bus.connect()
         watcher = Watcher(watcher_bus, since=time.time() - 1, view=view)
-        watcher_bus.subscribe(ALL_STATUS, ALL_METRICS)
+        watcher_bus.subscribe(ALL_STATUS, *([ALL_METRICS] if view is not None else []))
 
         collector_node = f"collector{suffix}"
         children.append(_spawn("collector", "collector", [
@@ -259,7 +256,6 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         say(f"nodes online after {startup_s:.1f} s: collector, {', '.join(args.models)}, simulator; replaying")
         t_replay = time.monotonic()
         collector = children[0]
-        next_progress = time.monotonic() + 1.0
         while collector.proc.poll() is None:
             watcher.poll()
             if simulator.proc.poll() not in (None, 0):
@@ -268,9 +264,6 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
                 raise RunError(f"run did not finish within {args.timeout:.0f} s")
             if view is not None:
                 view.refresh()  # throttles itself
-            elif time.monotonic() >= next_progress:
-                say(_progress_line(watcher, collector_node, time.monotonic() - t_replay))
-                next_progress = time.monotonic() + 2.0
             time.sleep(0.05)
         replay_s = time.monotonic() - t_replay
         if view is not None:
@@ -314,17 +307,6 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         watcher_bus.close()
         if broker is not None:
             broker.close()
-
-
-def _progress_line(w: Watcher, collector_node: str, elapsed: float) -> str:
-    parts = [f"[{elapsed:5.1f} s] readings {w.counter(collector_node, 'readings')}"]
-    by_model: dict[str, tuple[int, float]] = {}
-    for (_, model), m in w.metrics.items():
-        n, sse = by_model.get(model, (0, 0.0))
-        by_model[model] = (n + m.n, sse + m.mse * m.n)
-    for model, (n, sse) in sorted(by_model.items()):
-        parts.append(f"{model} n={n} mse={sse / n if n else 0:.4f}")
-    return " | ".join(parts)
 
 
 def format_table(result: dict[str, Any]) -> str:
