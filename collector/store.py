@@ -100,8 +100,12 @@ class Store:
                         (at, topic[:256], reason[:500], bytes(payload[:256])))
 
     def set_node(self, s: Status) -> None:
-        self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
-                        (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {})))
+        """The node's newest status; a last will (no counters) keeps the counters stored before."""
+        self.db.execute(
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET role = excluded.role, "
+            "state = excluded.state, ts = excluded.ts, "
+            "counters = CASE WHEN ? THEN excluded.counters ELSE nodes.counters END",
+            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.counters is not None))
 
     def set_summary(self, metrics: Iterable[Metrics]) -> None:
         self.db.executemany(

@@ -374,3 +374,41 @@ def test_flow_control_inside_a_batch_does_not_stall(broker, mqtt_bus):
     assert pub.flush(10)
     # measured: about 0.1 s; without the bus waking paho's network thread, about 2 s (its select() sleeps)
     assert time.monotonic() - started < 1.0
+
+
+def test_close_is_a_clean_disconnect_so_the_last_will_is_not_published(broker, mqtt_bus):
+    """A node's final retained status must stay: close() must not look like a crash to the broker."""
+    import threading
+
+    watcher = mqtt_bus()
+    watcher.subscribe("test/will/#")
+    flood, stop = mqtt_bus(), threading.Event()
+
+    def flooding() -> None:  # the nodes close while messages are still coming in, as at a replay's end
+        while not stop.is_set():
+            flood.client.publish("test/flood", b"x" * 200, qos=0)
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=flooding)
+    thread.start()
+    try:
+        for i in range(20):
+            topic = f"test/will/{i}"
+            node = mqtt_bus(will=(topic, b"will"))
+            node.subscribe("test/flood", qos=0)
+            time.sleep(0.05)
+            node.publish(topic, b"final", retain=True)
+            assert node.flush(5)
+            node.close()
+            leftover = node.client.socket()
+            if leftover is not None:  # what the end of the process does to a socket still open
+                leftover.close()
+    finally:
+        stop.set()
+        thread.join()
+    time.sleep(0.5)
+    got: dict[str, bytes] = {}
+    while not watcher.inbox.empty():
+        m = watcher.inbox.get_nowait()
+        got[m.topic] = m.payload  # the newest per topic
+    assert set(got.values()) == {b"final"}, got

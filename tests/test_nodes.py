@@ -306,3 +306,17 @@ def test_serve_survives_a_failing_handler_and_counts_it():
     serve(bus, "n", "test", stats, handle, stop)
     assert [m.topic for m in seen] == ["t/a", "t/b"]
     assert stats.counters["handler_errors"] == 1
+
+
+def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
+    from wattcast.messages import Status
+
+    node, bus, store = make_collector(tmp_path)
+    final = Status("predictor-linear", "offline", "predictor", 2.0, {"rss_kb": 40000, "forecasts": 7})
+    will = Status("predictor-linear", "offline", "predictor", 3.0)
+    node.handle([msg(final)])
+    node.handle([msg(will)])
+    (row,) = store.db.execute("SELECT state, ts, counters FROM nodes").fetchall()
+    assert row[0] == "offline" and row[1] == 3.0 and json.loads(row[2]) == {"rss_kb": 40000, "forecasts": 7}
+    node.handle([msg(Status("predictor-linear", "online", "predictor", 4.0, {"rss_kb": 1}))])
+    assert json.loads(store.db.execute("SELECT counters FROM nodes").fetchone()[0]) == {"rss_kb": 1}

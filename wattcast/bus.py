@@ -192,6 +192,7 @@ class MqttBus:
         self._filters: dict[str, int] = {}
         self._pending: deque = deque()
         self._connected = threading.Event()
+        self._down = threading.Event()  # set by every disconnection
         self._lock = threading.Lock()
         self.reconnects = 0
         #: the broker's reason when it refused the connection (bad credentials, ...)
@@ -236,6 +237,7 @@ class MqttBus:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._down.set()
         self._disconnects += 1
         if self._connected.is_set() and not self._closing:
             self.reconnects += 1
@@ -361,9 +363,15 @@ class MqttBus:
             self._pending.popleft()
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly: the broker must get the DISCONNECT, or it publishes the last will."""
         self._closing = True
+        self._down.clear()
         try:
-            self.client.disconnect()
+            if self.client.disconnect() == self._mqtt.MQTT_ERR_SUCCESS:
+                # paho writes DISCONNECT on its network thread; stopping the loop before that
+                # (a race seen 2 times in 8 runs) left the socket to the process's exit, and
+                # the broker then replaced the node's final status with its will.
+                self._down.wait(timeout)
         finally:
             self.client.loop_stop()
