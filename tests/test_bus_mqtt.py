@@ -68,6 +68,12 @@ def collect_seqs(bus: MqttBus, expected: int, timeout: float) -> list[int]:
     return got
 
 
+def nagle_off(bus: MqttBus) -> bool:
+    import socket
+
+    return bus.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def publish_seqs(bus: MqttBus, topic: str, seqs) -> None:
     for i in seqs:
         bus.publish(topic, b"%d" % i, qos=1)
@@ -89,6 +95,8 @@ def test_round_trip_reading_and_retained_status(mqtt_bus):
     assert m.topic == "wattcast/v1/h1/reading"
     assert decode(m.topic, m.payload) == reading
     assert m.retain is False and m.received_at > 0
+    # Nagle off: with it on, a small publish waited ~40 ms for the broker's delayed ACK
+    assert nagle_off(pub) and nagle_off(sub)
 
     # A retained status reaches a subscriber that arrives later, flagged retained.
     status = Status("sim-1", "online", "simulator")
@@ -160,6 +168,7 @@ def test_buses_reconnect_and_resubscribe_across_broker_restart(broker, mqtt_bus)
 
     assert set(collect_seqs(sub, 400, timeout=10)) == set(range(400))
     assert sub.reconnects >= 1 and pub.reconnects >= 1
+    assert nagle_off(sub) and nagle_off(pub)  # on the new connection too
 
 
 def test_queued_messages_survive_broker_restart(broker, mqtt_bus):

@@ -7,7 +7,7 @@ Scenarios (each a full ``wattcast run`` on a private broker unless ``--broker``)
 
 Per scenario: start-up and replay wall time, readings/s, forecast latency p50/p99
 per model (reading published -> forecast received by the collector), collector lag
-(message received -> handled) and peak RSS of every node.
+(message received -> handled), peak RSS and CPU time of every node.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     result = run(ns, progress=lambda line: None)
     figures = latency_and_lag(Path(ns.store))
     # the runner saw every node's final status (the store only those before the collector stopped)
-    figures["nodes"] = {node: {"peak_rss_mib": round(c["rss_kb"] / 1024, 1), "startup_ms": c.get("startup_ms")}
+    figures["nodes"] = {node: {"peak_rss_mib": round(c["rss_kb"] / 1024, 1), "startup_ms": c.get("startup_ms"),
+                               "cpu_s": round(c["cpu_ms"] / 1000, 2) if "cpu_ms" in c else None}
                         for node, c in result["nodes"].items() if "rss_kb" in c}
     readings = result["published"]
     return {
@@ -112,4 +113,5 @@ def print_scenario(name: str, s: dict[str, Any]) -> None:
     lag = s["collector_lag"]
     print(f"   collector lag p50 {lag.get('lag_ms_p50')} ms, p99 {lag.get('lag_ms_p99')} ms, max {lag.get('lag_ms_max')} ms")
     for node, mem in s["nodes"].items():
-        print(f"   {node:<26} peak RSS {mem['peak_rss_mib']:7.1f} MiB  start-up {mem['startup_ms']} ms")
+        cpu = f"{mem['cpu_s']:.2f} s" if mem.get("cpu_s") is not None else "n/a"
+        print(f"   {node:<26} peak RSS {mem['peak_rss_mib']:7.1f} MiB  start-up {mem['startup_ms']} ms  CPU {cpu}")

@@ -68,11 +68,18 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def cpu_ms() -> int:
+    """CPU time (user + system, every thread) this process has used so far, in ms."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return int((ru.ru_utime + ru.ru_stime) * 1000)
+
+
 def status(node: str, role: str, state: str, stats: NodeStats | None = None) -> Status:
-    """The node's status; its counters include ``rss_kb``, the process's peak resident memory."""
+    """The node's status; its counters include ``rss_kb`` (peak resident memory) and ``cpu_ms``."""
     counters = None
     if stats is not None:
         stats.counters["rss_kb"] = peak_rss_kb()
+        stats.counters["cpu_ms"] = cpu_ms()
         counters = dict(stats.counters)
     return Status(node, state, role, time.time(), counters)
 
