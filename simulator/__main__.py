@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.replay import Simulator, house_streams, wait_for_nodes
     from wattcast.data import DataError, load_split
     from wattcast.messages import status_topic
-    from wattcast.node import NodeStats, StopFlag, connect, process_age_s, status
+    from wattcast.node import NodeStats, StopFlag, connect, process_age_s, settle_heap, status
 
     stop = StopFlag()
     try:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         age = process_age_s()
         if age is not None:
             stats.counters["startup_ms"] = int(age * 1000)
+        settle_heap()
         bus.publish(status_topic(args.node), status(args.node, "simulator", "online", stats).to_json(), retain=True)
         if args.wait_for:
             print(f"simulator: waiting for {', '.join(args.wait_for)}", file=sys.stderr, flush=True)

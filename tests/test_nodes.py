@@ -28,6 +28,7 @@ from wattcast.messages import (
     decode,
     forecast_topic,
     reading_topic,
+    status_topic,
 )
 
 
@@ -303,9 +304,19 @@ def test_serve_survives_a_failing_handler_and_counts_it():
         other.publish("t/b", b"2")
 
     threading.Thread(target=later).start()
+    import gc
+
+    gc.unfreeze()
     serve(bus, "n", "test", stats, handle, stop)
     assert [m.topic for m in seen] == ["t/a", "t/b"]
     assert stats.counters["handler_errors"] == 1
+    # the start-up heap is kept out of later collections (pauses a node's network thread)
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+    # the final status carries the process's counters
+    final = [m for m in bus.published if m.topic == status_topic("n")][-1]
+    counters = json.loads(final.payload)["counters"]
+    assert counters["rss_kb"] > 10_000 and counters["cpu_ms"] > 0
 
 
 def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
