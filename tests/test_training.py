@@ -101,8 +101,10 @@ def test_artifact_round_trip(split, name, parameters):
     assert meta["data_window"]["val_window"] == split.info["val_window"]
     scores = evaluate(model, split.val)
     assert scores.n == meta["validation"]["n"] == 4093
-    assert scores.mse == pytest.approx(meta["validation"]["mse"], rel=1e-9)
-    assert scores.mae == pytest.approx(meta["validation"]["mae"], rel=1e-9)
+    # float32 inference: a runtime that orders its sums differently moves the MSE by ~1e-8
+    # relative (the live pipeline's parity bar is 1e-6)
+    assert scores.mse == pytest.approx(meta["validation"]["mse"], rel=1e-7)
+    assert scores.mae == pytest.approx(meta["validation"]["mae"], rel=1e-7)
 
 
 def test_artifact_errors(tmp_path):
