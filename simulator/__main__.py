@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simulator.replay import DEFAULT_WINDOW
 from wattcast.config import (
     ENV_HOUSES,
     ENV_MODELS,
@@ -51,9 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
                         f"(env {ENV_WAIT_FOR}, comma-separated)")
     p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)")
-    p.add_argument("--window", type=int, default=32,
-                   help="readings in flight (all houses, at least a minute of each) ahead of the slowest model "
-                        "(default 32)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
+                        "slowest model; smaller = lower forecast latency, larger = faster replay "
+                        f"(default {DEFAULT_WINDOW})")
     add_node_args(p, "simulator")
     return p.parse_args(argv)
 

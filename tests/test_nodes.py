@@ -231,6 +231,43 @@ def test_simulator_paces_real_time_multiples(val):
     assert time.monotonic() - started >= 0.3 * 0.9  # 3 intervals of 60 s / 600
 
 
+def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val):
+    import threading
+    import time
+
+    hub = MemoryHub()
+    watcher = hub.connect()
+    watcher.subscribe(ALL_READINGS)
+    predictor = hub.connect()
+    sim = Simulator(hub.connect(), house_streams(val, 1, limit=40), speed=None, progress=lambda line: None,
+                    await_models=("lstm", "linear"), window=5, stall_s=1.0)
+    runner = threading.Thread(target=sim.run)
+    runner.start()
+
+    def published() -> list[int]:
+        return [decode(m.topic, m.payload).seq for m in list(watcher.inbox.queue)]
+
+    def forecast(model: str, seq: int) -> None:
+        r = decode(*next((m.topic, m.payload) for m in list(watcher.inbox.queue)
+                         if decode(m.topic, m.payload).seq == seq))
+        f = Forecast(r.house, model, "t", seq, r.ts, r.ts + 300, 1.0)
+        predictor.publish(f.topic, f.to_json())
+
+    time.sleep(0.3)
+    assert published() == list(range(6))  # seq 0 (no forecast follows it) and 5 in flight
+    for seq in (1, 2, 3):
+        forecast("lstm", seq)
+    time.sleep(0.3)
+    assert published() == list(range(6))  # linear, the slowest, has forecast nothing yet
+    forecast("linear", 1)
+    forecast("linear", 2)
+    time.sleep(0.3)
+    assert published() == list(range(8))  # 2 forecast by both: 3..7 in flight
+    # a model silent for stall_s is no longer waited for (logged): the replay ends
+    runner.join(timeout=10)
+    assert not runner.is_alive() and published() == list(range(40))
+
+
 def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):
     """The three nodes wired through the in-memory hub reproduce `wattcast evaluate`."""
     hub = MemoryHub()
