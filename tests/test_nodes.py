@@ -268,6 +268,22 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
     assert not runner.is_alive() and published() == list(range(40))
 
 
+def test_flow_control_follows_the_house_published_last_in_each_minute(val):
+    from simulator.replay import HouseStream, pacing_streams
+
+    streams = house_streams(val, 3, limit=10)
+    assert [s.house for s in pacing_streams(streams)] == ["h002"]
+    short = HouseStream("h003", streams[0].ts[:4], streams[0].values[:4])
+    longer = HouseStream("h004", streams[0].ts[:6], streams[0].values[:6])
+    # minutes 0-5 end with h004, minutes 6-9 with h002
+    assert [s.house for s in pacing_streams([*streams, short, longer])] == ["h004", "h002"]
+
+    hub = MemoryHub()
+    sim_bus = hub.connect()
+    Simulator(sim_bus, streams, speed=None, progress=lambda line: None, await_models=("lstm",))
+    assert sim_bus.filters == ["wattcast/v1/h002/forecast/lstm"]
+
+
 def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):
     """The three nodes wired through the in-memory hub reproduce `wattcast evaluate`."""
     hub = MemoryHub()
