@@ -96,6 +96,8 @@ INVALID = [
     ("reading", "missing seq", lambda o: o.pop("seq")),
     ("reading", "missing a measurement", lambda o: o.pop("voltage")),
     ("reading", "house with a slash", lambda o: o.update(house="h/0")),
+    ("reading", "house as a list", lambda o: o.update(house=["h000"])),
+    ("reading", "house as a number", lambda o: o.update(house=7)),
     ("reading", "house of 65 characters", lambda o: o.update(house="h" * 65)),
     ("reading", "empty house", lambda o: o.update(house="")),
     ("reading", "house starting with a dot", lambda o: o.update(house=".h")),
@@ -116,6 +118,8 @@ INVALID = [
     ("forecast", "empty model_version", lambda o: o.update(model_version="")),
     ("forecast", "model_version of 65 characters", lambda o: o.update(model_version="v" * 65)),
     ("forecast", "value as a string", lambda o: o.update(value="1.2")),
+    ("forecast", "value above 1e6", lambda o: o.update(value=1e6 + 1)),
+    ("forecast", "negative reading_sent_at", lambda o: o.update(reading_sent_at=-0.5)),
     ("forecast", "missing value", lambda o: o.pop("value")),
     ("forecast", "target_ts before 1990", lambda o: o.update(target_ts=1)),
     ("metrics", "negative mse", lambda o: o.update(mse=-0.1)),
@@ -140,6 +144,15 @@ def test_invalid_payload_is_rejected_by_schema_and_decoder(kind, why, mutate, va
     assert not validators[kind].is_valid(obj), f"schema accepts {why}"
     with pytest.raises(MessageError):
         decode(topic, json.dumps(obj))
+
+
+def test_decoded_numbers_have_their_fields_types():
+    obj = example("reading") | {"voltage": 236, "global_active_power": 0, "sent_at": 1}
+    reading = decode(topic_of("reading", obj), json.dumps(obj))
+    assert type(reading.voltage) is float and type(reading.global_active_power) is float
+    assert type(reading.sent_at) is float and reading.voltage == 236.0
+    obj = example("forecast") | {"value": 2}
+    assert type(decode(topic_of("forecast", obj), json.dumps(obj)).value) is float
 
 
 def test_non_objects_are_rejected_by_every_schema_and_the_decoder(validators):

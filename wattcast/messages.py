@@ -94,9 +94,17 @@ def parse_topic(topic: str) -> tuple[str, str, str | None]:
 
 # ------------------------------------------------------------------------- validation
 
+#: ids (houses, nodes) seen valid: a node sees the same few over and over (bounded)
+_VALID_IDS: set[str] = set()
+
+
 def _check_id(name: str, value: Any) -> str:
+    if type(value) is str and value in _VALID_IDS:
+        return value
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise MessageError(f"{name} must be 1-64 characters of [A-Za-z0-9_.-], got {value!r:.80}")
+    if len(_VALID_IDS) < 4096:
+        _VALID_IDS.add(value)
     return value
 
 
@@ -121,6 +129,18 @@ def _check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.
 
 def _check_ts(name: str, value: Any) -> int:
     return _check_int(name, value, _TS_MIN, _TS_MAX)
+
+
+def _set_floats(obj: Any, names: tuple[str, ...], lo: float, hi: float) -> None:
+    """Validate float fields of a frozen dataclass in place (ints become floats).
+
+    The common case, a float inside the range, costs one type check and a chained
+    comparison (NaN and infinities fail the comparison and take the full check).
+    """
+    for name in names:
+        value = getattr(obj, name)
+        if not (type(value) is float and lo <= value <= hi):
+            object.__setattr__(obj, name, _check_float(name, value, lo, hi))
 
 
 def _check_model(value: Any) -> str:
@@ -177,11 +197,15 @@ class _Payload:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]):
+        try:  # the common case: exactly the fields of cls
+            return cls(**obj)  # __post_init__ validates
+        except TypeError:  # a missing field, or fields this version does not know (ignored)
+            pass
         names = _field_names(cls)
         missing = [k for k in cls._required if k not in obj]
         if missing:
             raise MessageError(f"{cls.__name__} is missing {', '.join(missing)}")
-        return cls(**{k: v for k, v in obj.items() if k in names})  # __post_init__ validates
+        return cls(**{k: v for k, v in obj.items() if k in names})
 
 
 # --------------------------------------------------------------------------- payloads
@@ -219,10 +243,9 @@ class Reading(_Payload):
         _check_id("house", self.house)
         _check_int("seq", self.seq)
         _check_ts("ts", self.ts)
-        for name in READING_FIELDS:
-            object.__setattr__(self, name, _check_float(name, getattr(self, name), -1e6, 1e6))
+        _set_floats(self, READING_FIELDS, -1e6, 1e6)
         if self.sent_at is not None:
-            object.__setattr__(self, "sent_at", _check_float("sent_at", self.sent_at, 0.0))
+            _set_floats(self, ("sent_at",), 0.0, math.inf)
 
     @property
     def topic(self) -> str:
@@ -278,11 +301,9 @@ class Forecast(_Payload):
         _check_ts("target_ts", self.target_ts)
         if self.target_ts <= self.issued_at:
             raise MessageError("target_ts must be after issued_at")
-        object.__setattr__(self, "value", _check_float("value", self.value, -1e6, 1e6))
+        _set_floats(self, ("value",), -1e6, 1e6)
         if self.reading_sent_at is not None:
-            object.__setattr__(
-                self, "reading_sent_at", _check_float("reading_sent_at", self.reading_sent_at, 0.0)
-            )
+            _set_floats(self, ("reading_sent_at",), 0.0, math.inf)
 
     @property
     def topic(self) -> str:
