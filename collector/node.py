@@ -17,7 +17,7 @@ import numpy as np
 from collector.scoring import Scoreboard
 from collector.store import Store
 from wattcast.bus import Bus, Message
-from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Reading, Status, decode
+from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, decode
 from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,10 @@ class CollectorNode:
         self.store.add_matches(matches)
         self.store.commit()  # before the bus acknowledges the batch
         c["matched"] += len(matches)
+        if readings:  # stored: tell a max-speed simulator how far the collector is (QoS 0, it only paces)
+            newest = readings[-1][0]
+            progress = Progress(self.node, newest.house, newest.seq)
+            self.bus.publish(progress.topic, progress.to_json(), qos=0)
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
         if readings or forecasts:

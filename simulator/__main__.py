@@ -7,6 +7,7 @@ import sys
 
 from simulator.replay import DEFAULT_WINDOW
 from wattcast.config import (
+    ENV_AWAIT_NODES,
     ENV_HOUSES,
     ENV_MODELS,
     ENV_SPEED,
@@ -47,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=awaited.split(",") if awaited else [],
                    help="at max speed, keep at most --window readings ahead of these models' forecasts "
                         f"(env {ENV_MODELS}, comma-separated; default: none)")
+    paced_by = env_default(ENV_AWAIT_NODES)
+    p.add_argument("--await-nodes", nargs="*", metavar="NODE", default=paced_by.split(",") if paced_by else [],
+                   help="at max speed, also keep at most --window readings ahead of these nodes' progress "
+                        f"(the collector publishes it; env {ENV_AWAIT_NODES}, comma-separated; default: none)")
     waits = env_default(ENV_WAIT_FOR)
     p.add_argument("--wait-for", nargs="*", metavar="NODE", default=waits.split(",") if waits else [],
                    help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
@@ -89,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.wait_for:
             print(f"simulator: waiting for {', '.join(args.wait_for)}", file=sys.stderr, flush=True)
             wait_for_nodes(bus, args.wait_for, args.wait_timeout)
-        awaited = tuple(args.await_models) if args.speed is None else ()
-        sim = Simulator(bus, streams, args.speed, qos=args.qos, await_models=awaited, window=args.window)
+        at_max = args.speed is None
+        sim = Simulator(bus, streams, args.speed, qos=args.qos, window=args.window,
+                        await_models=tuple(args.await_models) if at_max else (),
+                        await_nodes=tuple(args.await_nodes) if at_max else ())
         sim.run(stop.is_set)
         stats.counters["published"] = sim.published
         stats.counters["malformed"] = sim.malformed

@@ -11,10 +11,11 @@ as flow control allows.  Two levels of flow control:
 
 * the MQTT bus blocks while too many QoS 1 publishes wait for the broker's
   acknowledgement (the broker is never flooded);
-* with ``await_models``, the simulator subscribes to those models' forecasts and
-  keeps at most ``window`` readings (over all houses; at least one minute of every
-  house) ahead of the slowest model's newest forecast, so a slow predictor sets the
-  pace instead of building a backlog (and latency).  The window trades replay speed
+* with ``await_models``, the simulator subscribes to those models' forecasts (and
+  with ``await_nodes`` to those nodes' :class:`~wattcast.messages.Progress`: the
+  collector's) and keeps at most ``window`` readings (over all houses; at least one
+  minute of every house) ahead of the slowest of them, so a slow predictor or
+  collector sets the pace instead of building a backlog (and latency).  The window trades replay speed
   for forecast latency (Little's law: latency ~ window / throughput); see
   :data:`DEFAULT_WINDOW`.  A model that sends nothing for ``stall_s`` seconds stops being waited
   for (logged), so a dead predictor cannot stall the replay.
@@ -39,10 +40,12 @@ from wattcast.messages import (
     EndOfStream,
     Forecast,
     MessageError,
+    Progress,
     Reading,
     Status,
     decode,
     forecast_topic,
+    progress_topic,
 )
 
 if TYPE_CHECKING:
@@ -107,21 +110,27 @@ def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
 class Simulator:
     def __init__(self, bus: Bus, streams: list[HouseStream], speed: float | None = None,
                  progress: Callable[[str], None] | None = None, qos: int = 1,
-                 await_models: tuple[str, ...] = (), window: int = DEFAULT_WINDOW, stall_s: float = 10.0) -> None:
+                 await_models: tuple[str, ...] = (), window: int = DEFAULT_WINDOW, stall_s: float = 10.0,
+                 await_nodes: tuple[str, ...] = ()) -> None:
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or 'max', got {speed}")
         if window < 1:
             raise ValueError("window must be at least 1")
         self.bus = bus
         self.await_models = set(await_models)
+        self.await_nodes = set(await_nodes)
         self.window = window
         self.stall_s = stall_s
         self.forecast_seq: dict[tuple[str, str], int] = {}
+        #: per awaited node: the newest minute it has handled for every house
+        self.node_minute: dict[str, int] = {}
         self.malformed = 0
+        # QoS 0: a lost flow-control message only delays the replay until the next one.
         if self.await_models:
-            # QoS 0: a lost flow-control message only delays the replay until the next forecast.
             bus.subscribe(*(forecast_topic(s.house, m) for s in pacing_streams(streams) for m in self.await_models),
                           qos=0)
+        if self.await_nodes:
+            bus.subscribe(*(progress_topic(n) for n in sorted(self.await_nodes)), qos=0)
         self.streams = streams
         self.speed = speed
         self.qos = qos
@@ -143,7 +152,7 @@ class Simulator:
                 delay = start + i * seconds_per_minute - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            if self.await_models:
+            if self.await_models or self.await_nodes:
                 # ``window`` readings in flight over all houses: so many minutes behind
                 self._await_window(i - max(1, self.window // len(self.streams)), stop)
             with self.bus.batched():  # one minute of every house
@@ -170,31 +179,37 @@ class Simulator:
                       f"({self.published / max(elapsed, 1e-9):,.0f}/s)")
         return self.published
 
-    def _await_window(self, seq: int, stop: Callable[[], bool]) -> None:
-        """Block until every awaited model has forecast reading ``seq`` of every house.
+    def _last_house(self, seq: int) -> str | None:
+        """The house published last in minute ``seq`` (None after the end of every stream)."""
+        return next((s.house for s in reversed(self.streams) if seq < len(s.ts)), None)
 
-        It is enough to follow the house published last in that minute (see
-        :func:`pacing_streams`).
+    def _await_window(self, seq: int, stop: Callable[[], bool]) -> None:
+        """Block until every awaited model has forecast, and every awaited node handled, minute ``seq``.
+
+        For the models it is enough to follow the house published last in that minute
+        (see :func:`pacing_streams`); a node's :class:`Progress` names the newest reading
+        it handled.
         """
         if seq < 1:
             return
-        last = next((s for s in reversed(self.streams) if seq < len(s.ts)), None)
+        last = self._last_house(seq)
         if last is None:
             return
         last_progress = time.monotonic()
         while not stop():
             self._take_forecasts()
-            behind = [m for m in self.await_models if self.forecast_seq.get((last.house, m), -1) < seq]
-            if not behind:
+            models = [m for m in self.await_models if self.forecast_seq.get((last, m), -1) < seq]
+            nodes = [n for n in self.await_nodes if self.node_minute.get(n, -1) < seq]
+            if not models and not nodes:
                 return
             try:
                 message = self.bus.inbox.get(timeout=0.2)
             except queue.Empty:
                 if time.monotonic() - last_progress > self.stall_s:
-                    stalled = sorted(behind)
-                    log.warning("no forecast from %s for %.0f s; no longer waiting for them",
-                                ", ".join(stalled), self.stall_s)
-                    self.await_models -= set(stalled)
+                    log.warning("no progress from %s for %.0f s; no longer waiting for them",
+                                ", ".join(sorted(models) + sorted(nodes)), self.stall_s)
+                    self.await_models -= set(models)
+                    self.await_nodes -= set(nodes)
                 continue
             self._note(message)
             last_progress = time.monotonic()
@@ -208,19 +223,23 @@ class Simulator:
             self._note(message)
 
     def _note(self, message) -> None:
-        if "/forecast/" not in message.topic:
+        if "/forecast/" not in message.topic and "/progress/" not in message.topic:
             return  # e.g. node statuses
         try:
-            f = decode(message.topic, message.payload)
+            msg = decode(message.topic, message.payload)
         except MessageError as exc:
             self.malformed += 1
-            log.warning("simulator: ignored a malformed forecast on %s: %s", message.topic[:120], exc)
+            log.warning("simulator: ignored a malformed message on %s: %s", message.topic[:120], exc)
             return
-        if not isinstance(f, Forecast):
-            return
-        key = (f.house, f.model)
-        if f.seq > self.forecast_seq.get(key, -1):
-            self.forecast_seq[key] = f.seq
+        if isinstance(msg, Forecast):
+            key = (msg.house, msg.model)
+            if msg.seq > self.forecast_seq.get(key, -1):
+                self.forecast_seq[key] = msg.seq
+        elif isinstance(msg, Progress):
+            # minute seq is done once the house published last in it is
+            minute = msg.seq if msg.house == self._last_house(msg.seq) else msg.seq - 1
+            if minute > self.node_minute.get(msg.node, -1):
+                self.node_minute[msg.node] = minute
 
 
 def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float) -> None:

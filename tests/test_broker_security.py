@@ -187,6 +187,9 @@ FORBIDDEN_PUBLISH = [
     ("collector", forecast_topic(H, "lstm")),
     ("collector", "wattcast/v1/h000/end"),
     ("collector", "wattcast/v1/status/simulator"),
+    ("collector", "wattcast/v1/progress/simulator"),
+    ("predictor-lstm", "wattcast/v1/progress/collector"),
+    ("simulator", "wattcast/v1/progress/collector"),
     ("viewer", forecast_topic(H, "lstm")),
     ("viewer", metrics_topic(H, "lstm")),
     ("viewer", reading_topic(H)),
@@ -211,6 +214,7 @@ ALLOWED_PUBLISH = [
     *[(f"predictor-{m}", f"wattcast/v1/status/predictor-{m}", b"{}") for m in ("lstm", "linear")],
     ("collector", metrics_topic(H, "lstm"), metrics().to_json()),
     ("collector", "wattcast/v1/status/collector", b"{}"),
+    ("collector", "wattcast/v1/progress/collector", b'{"node":"collector","house":"h000","seq":1}'),
 ]
 
 
@@ -231,6 +235,7 @@ def publish_one_of_each(login) -> list[str]:
         ("predictor-lstm", forecast_topic(H, "lstm"), forecast().to_json()),
         ("collector", metrics_topic(H, "lstm"), metrics().to_json()),
         ("predictor-linear", "wattcast/v1/status/predictor-linear", b"{}"),
+        ("collector", "wattcast/v1/progress/collector", b'{"node":"collector","house":"h000","seq":1}'),
     ]
     for user, topic, payload in sent:
         publish_as(login, user, topic, payload)
@@ -241,8 +246,8 @@ def publish_one_of_each(login) -> list[str]:
     ("viewer", {"forecast", "metrics", "status"}),
     ("predictor-lstm", {"reading", "end"}),
     ("predictor-persistence", {"reading", "end"}),
-    ("simulator", {"forecast", "status"}),
-    ("collector", {"reading", "end", "forecast", "metrics", "status"}),
+    ("simulator", {"forecast", "status", "progress"}),
+    ("collector", {"reading", "end", "forecast", "metrics", "status", "progress"}),
 ])
 def test_a_subscription_delivers_only_what_the_role_may_read(login, user, readable):
     # Everything is subscribed ("#"); the ACL decides per message.  The sentinel is
@@ -256,7 +261,7 @@ def test_a_subscription_delivers_only_what_the_role_may_read(login, user, readab
     spy = Spy(login, user, ["#"], sender=sender, sentinel=sentinel)
     publish_one_of_each(login)
     got = spy.seen_before_sentinel()
-    kinds = {"status" if t.split("/")[2] == "status" else t.split("/")[3] for t, _ in got}
+    kinds = {t.split("/")[2] if t.split("/")[2] in ("status", "progress") else t.split("/")[3] for t, _ in got}
     assert kinds == readable, got
 
 

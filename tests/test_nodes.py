@@ -24,9 +24,11 @@ from wattcast.messages import (
     EndOfStream,
     Forecast,
     Metrics,
+    Progress,
     Reading,
     decode,
     forecast_topic,
+    progress_topic,
     reading_topic,
     status_topic,
 )
@@ -134,6 +136,22 @@ def test_collector_matches_in_either_order_and_is_idempotent(tmp_path):
     m = node.board.metrics("h000", "persistence")
     assert m.n == 2 and m.mse == pytest.approx((0.25 + 1.0) / 2) and m.mae == pytest.approx(0.75)
     assert node.stats.counters["duplicates"] == 4
+
+
+def test_collector_publishes_its_progress_after_each_batch_with_new_readings(tmp_path):
+    node, bus, store = make_collector(tmp_path)
+
+    def progress() -> list[Progress]:
+        return [decode(m.topic, m.payload) for m in bus.published if m.topic == progress_topic("collector")]
+
+    node.handle([msg(reading("h000", 5, T0 + 300, 1.5)), msg(reading("h001", 5, T0 + 300, 1.0)),
+                 msg(fc("persistence", T0, 1.0))])
+    assert progress() == [Progress("collector", "h001", 5)]  # the newest reading of the batch
+    node.handle([msg(fc("persistence", T0 + 60, 1.0))])  # no reading: nothing to say
+    node.handle([msg(reading("h000", 5, T0 + 300, 1.5))])  # a duplicate: not progress either
+    assert len(progress()) == 1
+    node.handle([msg(reading("h000", 6, T0 + 360, 2.0))])
+    assert progress()[-1] == Progress("collector", "h000", 6)
 
 
 def test_collector_counts_and_stores_rejections(tmp_path):
@@ -282,6 +300,38 @@ def test_flow_control_follows_the_house_published_last_in_each_minute(val):
     sim_bus = hub.connect()
     Simulator(sim_bus, streams, speed=None, progress=lambda line: None, await_models=("lstm",))
     assert sim_bus.filters == ["wattcast/v1/h002/forecast/lstm"]
+
+
+def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
+    import threading
+    import time
+
+    hub = MemoryHub()
+    watcher = hub.connect()
+    watcher.subscribe(ALL_READINGS)
+    collector = hub.connect()
+    sim = Simulator(hub.connect(), house_streams(val, 2, limit=30), speed=None, progress=lambda line: None,
+                    await_nodes=("collector",), window=4, stall_s=1.0)  # 2 houses: 2 minutes in flight
+    runner = threading.Thread(target=sim.run)
+    runner.start()
+
+    def minutes() -> int:
+        return len(watcher.inbox.queue) // 2
+
+    def progress(house: str, seq: int) -> None:
+        p = Progress("collector", house, seq)
+        collector.publish(p.topic, p.to_json(), qos=0)
+
+    time.sleep(0.3)
+    assert minutes() == 3  # minutes 0, 1, 2
+    progress("h000", 3)  # minute 3 of h000 stored, h001 not yet: minute 2 is the newest done
+    time.sleep(0.3)
+    assert minutes() == 5  # minutes 3, 4 may follow (2 ahead of minute 2)
+    progress("h001", 3)
+    time.sleep(0.3)
+    assert minutes() == 6
+    runner.join(timeout=10)  # silent for stall_s: no longer waited for
+    assert not runner.is_alive() and minutes() == 30
 
 
 def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):

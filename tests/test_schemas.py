@@ -39,6 +39,7 @@ TOPICS = {
     "forecast": "wattcast/v1/{house}/forecast/{model}",
     "metrics": "wattcast/v1/{house}/metrics/{model}",
     "status": "wattcast/v1/status/{node}",
+    "progress": "wattcast/v1/progress/{node}",
 }
 
 
@@ -133,6 +134,9 @@ INVALID = [
     ("status", "counter as a float", lambda o: o.update(counters={"received": 1.5})),
     ("status", "counter name with a space", lambda o: o.update(counters={"bad name": 1})),
     ("status", "33 counters", lambda o: o.update(counters={f"c{i}": i for i in range(33)})),
+    ("progress", "missing seq", lambda o: o.pop("seq")),
+    ("progress", "negative seq", lambda o: o.update(seq=-1)),
+    ("progress", "house with a slash", lambda o: o.update(house="h/0")),
 ]
 
 
@@ -170,6 +174,7 @@ BEYOND_SCHEMA = [
     ("reading", "a payload over 4096 bytes", lambda o: o.update(padding="x" * 4096)),
     ("forecast", "a model that differs from the topic's", lambda o: o.update(model="linear")),
     ("reading", "a house that differs from the topic's", lambda o: o.update(house="h999")),
+    ("progress", "a node that differs from the topic's", lambda o: o.update(node="predictor-lstm")),
 ]
 
 
@@ -239,6 +244,8 @@ def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, valid
     assert len(by_kind["end"]) == 1
     assert len(by_kind["forecast"]) >= 4 * 199
     assert by_kind["metrics"] and by_kind["status"]
+    # the collector's progress paced the replay: it got to the last reading
+    assert by_kind["progress"] and max(p["seq"] for p in by_kind["progress"]) == 199
     assert {s["state"] for s in by_kind["status"]} == {"online", "offline"}
     assert {m["model"] for m in by_kind["metrics"]} == set(messages.MODELS)
     assert all(math.isfinite(m["mse"]) for m in by_kind["metrics"])

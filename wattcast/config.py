@@ -24,6 +24,7 @@ ENV_DATA = "WATTCAST_DATA"
 ENV_STORE = "WATTCAST_STORE"
 ENV_LOG_LEVEL = "WATTCAST_LOG_LEVEL"
 ENV_WAIT_FOR = "WATTCAST_WAIT_FOR"
+ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
 
 
 def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,

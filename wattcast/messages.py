@@ -12,6 +12,7 @@ Topic layout (``v1`` is the payload schema version)::
     wattcast/v1/<house>/forecast/<model>    Forecast       predictor -> collector, viewers
     wattcast/v1/<house>/metrics/<model>     Metrics        collector -> viewers
     wattcast/v1/status/<node>               Status         every node (retained, last will)
+    wattcast/v1/progress/<node>             Progress       collector -> simulator (flow control)
 
 Timestamps ``ts``, ``issued_at`` and ``target_ts`` are event time: integer unix
 seconds of the meter's clock (the UCI data set's local time read as UTC).
@@ -63,6 +64,10 @@ def status_topic(node: str) -> str:
     return f"{ROOT}/status/{node}"
 
 
+def progress_topic(node: str) -> str:
+    return f"{ROOT}/progress/{node}"
+
+
 def house_filter(houses: list[str] | None, leaf: str) -> list[str]:
     """Subscription filters for ``leaf`` ("reading", "forecast/+", ...) of some or all houses."""
     if not houses:
@@ -82,8 +87,8 @@ def parse_topic(topic: str) -> tuple[str, str, str | None]:
     parts = topic.split("/")
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT:
         raise MessageError(f"not a wattcast topic: {topic[:120]!r}")
-    if parts[2] == "status" and len(parts) == 4:
-        return "status", parts[3], None
+    if parts[2] in ("status", "progress") and len(parts) == 4:
+        return parts[2], parts[3], None
     house = parts[2]
     if len(parts) == 4 and parts[3] in ("reading", "end"):
         return parts[3], house, None
@@ -381,12 +386,39 @@ class Status(_Payload):
         return status_topic(self.node)
 
 
+@dataclass(frozen=True, slots=True)
+class Progress(_Payload):
+    """How far ``node`` has handled the reading stream: the newest reading it handled is ``seq`` of ``house``.
+
+    Readings arrive in the order the simulator published them (minute by minute, the
+    houses in a fixed order), so this one reading tells how far every house is done.
+    Published (QoS 0, not retained) after each handled batch; a max-speed simulator
+    paces itself on it.
+    """
+
+    node: str
+    house: str
+    seq: int
+
+    _required: ClassVar[tuple[str, ...]] = ("node", "house", "seq")
+
+    def __post_init__(self) -> None:
+        _check_id("node", self.node)
+        _check_id("house", self.house)
+        _check_int("seq", self.seq)
+
+    @property
+    def topic(self) -> str:
+        return progress_topic(self.node)
+
+
 KINDS: dict[str, type[_Payload]] = {
     "reading": Reading,
     "end": EndOfStream,
     "forecast": Forecast,
     "metrics": Metrics,
     "status": Status,
+    "progress": Progress,
 }
 
 
@@ -394,9 +426,9 @@ def decode(topic: str, payload: bytes | str):
     """Parse any wattcast message; checks that the payload agrees with its topic."""
     kind, key, model = parse_topic(topic)
     msg = KINDS[kind].from_json(payload)
-    if kind == "status":
+    if kind in ("status", "progress"):
         if msg.node != key:
-            raise MessageError(f"status of node {msg.node!r} on topic of {key!r}")
+            raise MessageError(f"{kind} of node {msg.node!r} on topic of {key!r}")
     elif msg.house != key:
         raise MessageError(f"message of house {msg.house!r} on topic of house {key!r}")
     if model is not None and msg.model != model:

@@ -238,7 +238,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
         if args.speed is None:
-            sim_args += ["--await-models", *args.models]
+            sim_args += ["--await-models", *args.models, "--await-nodes", collector_node]
             if args.window:
                 sim_args += ["--window", str(args.window)]
         simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
