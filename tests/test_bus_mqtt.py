@@ -421,3 +421,45 @@ def test_close_is_a_clean_disconnect_so_the_last_will_is_not_published(broker, m
         m = watcher.inbox.get_nowait()
         got[m.topic] = m.payload  # the newest per topic
     assert set(got.values()) == {b"final"}, got
+
+
+def test_a_clean_session_closing_under_a_flood_does_not_leave_its_will(broker, mqtt_bus):
+    """The simulator's case: it receives forecasts up to its end.
+
+    paho closes its socket right after DISCONNECT; with unread data in it the kernel
+    resets the connection, and the broker took that for a crash ("Broken pipe") and
+    published the will over the final status: 4 times in 30 (this test) before close() first
+    unsubscribed and waited for the UNSUBACK.
+    """
+    import threading
+
+    watcher = mqtt_bus()
+    watcher.subscribe("test/will/#")
+    stop = threading.Event()
+
+    def flooding(flood: MqttBus) -> None:  # as fast as paho takes them
+        while not stop.is_set():
+            flood.client.publish("test/flood", b"x" * 2000, qos=0)
+
+    threads = [threading.Thread(target=flooding, args=(mqtt_bus(session=False),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(20):
+            topic = f"test/will/{i}"
+            node = mqtt_bus(will=(topic, b"will"), session=False)
+            node.subscribe("test/flood", qos=0)
+            time.sleep(0.05)
+            node.publish(topic, b"final", retain=True)
+            assert node.flush(5)
+            node.close()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    time.sleep(0.5)
+    got: dict[str, bytes] = {}
+    while not watcher.inbox.empty():
+        m = watcher.inbox.get_nowait()
+        got[m.topic] = m.payload
+    assert len(got) == 20 and set(got.values()) == {b"final"}, got

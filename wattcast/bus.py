@@ -235,6 +235,8 @@ class MqttBus:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_unsubscribe = self._on_unsubscribe
+        self._unsubscribed: dict[int, threading.Event] = {}
         self.client = c
 
     # -- paho callbacks: network thread, no domain code -------------------------------
@@ -257,6 +259,12 @@ class MqttBus:
             self.reconnects += 1
             log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
         self._connected.clear()
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._lock:  # _stop_deliveries registers the mid under the lock
+            done = self._unsubscribed.pop(mid, None)
+        if done is not None:
+            done.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time(), msg.mid, msg.qos))
@@ -368,6 +376,30 @@ class MqttBus:
                 with contextlib.suppress(OSError):
                     client._sockpairW.send(b"0")
 
+    def _stop_deliveries(self, timeout: float) -> None:
+        """Unsubscribe and wait for the broker's UNSUBACK before disconnecting (clean sessions only).
+
+        paho closes its socket right after writing DISCONNECT.  A socket closed with
+        received but unread data makes the kernel send a reset instead of a FIN; the
+        broker then saw "Broken pipe", dropped the DISCONNECT and published the node's
+        last will over its final status (the simulator, which receives forecasts until
+        its end, in about 1 run of 10).  The UNSUBACK comes after everything the broker
+        sent before it, and nothing follows it.  A persistent session keeps its
+        subscriptions instead: unsubscribing would lose what is published while away.
+        """
+        with self._lock:
+            filters = list(self._filters)
+        if not filters or not self._connected.is_set():
+            return
+        done = threading.Event()
+        with self._lock:  # so the UNSUBACK cannot be handled before its mid is registered
+            rc, mid = self.client.unsubscribe(filters)
+            if rc != self._mqtt.MQTT_ERR_SUCCESS:
+                return
+            self._unsubscribed[mid] = done
+        if not done.wait(timeout):
+            log.debug("%s: no UNSUBACK within %.1f s; disconnecting anyway", self.client_id, timeout)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every QoS>0 publish so far is acknowledged by the broker."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -380,6 +412,8 @@ class MqttBus:
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly: the broker must get the DISCONNECT, or it publishes the last will."""
         self._closing = True
+        if not self.session:
+            self._stop_deliveries(min(timeout, 2.0))
         self._down.clear()
         try:
             if self.client.disconnect() == self._mqtt.MQTT_ERR_SUCCESS:
