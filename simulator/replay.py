@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Readings in flight at max speed.  Measured with ``wattcast run`` (default split, four
-#: models, 2 cores), replay time / lstm forecast latency p99: window 8 4.7-4.95 s /
-#: 12.5-15.5 ms; 10 3.7-4.0 s / 14-15.5 ms; 16 3.4-3.5 s / 22-29 ms; 24 2.9 s / 22-27 ms.
+#: models and the collector awaited, 2 cores), replay time / lstm forecast latency p99:
+#: window 8 4.3-4.4 s / 11-12 ms; 10 4.0-4.2 s / 13-15 ms; 16 3.4-3.6 s / 17-23 ms;
+#: 24 2.8-2.9 s / 23-30 ms.
 DEFAULT_WINDOW = 10
 
 
