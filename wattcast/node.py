@@ -119,7 +119,7 @@ def settle_heap() -> None:
     A full collection scans every tracked object while holding the GIL, so the node's
     network thread cannot even timestamp a message meanwhile: measured 14-23 ms pauses
     in the collector and the simulator (whose data frame is large).  ``gc.freeze`` moves
-    what exists now to a generation the collector never scans.
+    what exists now to a generation Python's garbage collector never scans.
     """
     gc.collect()
     gc.freeze()
