@@ -33,10 +33,11 @@ RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY models /opt/wattcast/models
 ENV WATTCAST_MODELS_DIR=/opt/wattcast/models
 
-# An unprivileged user; /data is where the collector keeps its store and reports
+# An unprivileged user; /data is where the collector keeps its store and reports,
+# /state where the predictors keep their per-house state (both volumes in compose)
 # (a named volume mounted there starts out owned by this user).
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home wattcast \
-    && mkdir -p /data && chown wattcast:wattcast /data
+    && mkdir -p /data /state && chown wattcast:wattcast /data /state
 USER wattcast
 WORKDIR /data
 

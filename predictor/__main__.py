@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from wattcast.config import (
     ENV_MODEL,
     ENV_MODELS_DIR,
+    ENV_STATE_DIR,
     add_node_args,
     broker_from_args,
     env_default,
@@ -27,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
 
     p.add_argument("--max-batch", type=int, default=512, help="most readings predicted in one call")
+    p.add_argument("--state-dir", default=env_default(ENV_STATE_DIR),
+                   help="keep every house's state in <dir>/<node>.json, so that a restarted predictor goes on "
+                        f"exactly where it stopped (env {ENV_STATE_DIR}; default: in memory only)")
     add_node_args(p, None)  # the node id defaults to predictor-<model>
     return p.parse_args(argv)
 
@@ -46,12 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ConnectionError, ValueError) as exc:
         print(f"predictor: error: {exc}", file=sys.stderr)
         return 1
-    predictor = PredictorNode(bus, model, node)
+    state_path = Path(args.state_dir) / f"{node}.json" if args.state_dir else None
+    predictor = PredictorNode(bus, model, node, state_path)
+    try:
+        predictor.checkpoint()  # a state directory that cannot be written fails now, not at the first batch
+    except OSError as exc:
+        bus.close()
+        print(f"predictor: error: cannot write its state to {state_path}: {exc}", file=sys.stderr)
+        return 1
     bus.subscribe(*house_filter(args.houses, "reading"), *([ALL_ENDS] if not args.houses else
                                                              house_filter(args.houses, "end")))
     logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
     try:
-        serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch)
+        serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch,
+              checkpoint=predictor.checkpoint if state_path is not None else None)
     finally:
         bus.close()
     return 0

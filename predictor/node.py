@@ -3,11 +3,22 @@
 Per house it keeps a :class:`~wattcast.forecasters.Forecaster`; readings of a batch
 are applied in order per house, and the queries of every house and reading in the
 batch are predicted in one call of the model (one NumPy pass for the LSTMs).
+
+With a ``state_path`` the node checkpoints every house's forecaster and newest
+sequence number to that JSON file (:meth:`PredictorNode.checkpoint`), and the serve
+loop acknowledges readings only once a checkpoint holds them.  A predictor that is
+killed and restarted loads the file, gets the readings after it again from its
+persistent session, and forecasts exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
 
 from wattcast.bus import Bus, Message
 from wattcast.forecasters import Forecaster, Model
@@ -16,15 +27,71 @@ from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
 
+#: version of the state file's layout
+STATE_FORMAT = 1
+
 
 class PredictorNode:
-    def __init__(self, bus: Bus, model: Model, node: str | None = None) -> None:
+    def __init__(self, bus: Bus, model: Model, node: str | None = None, state_path: Path | None = None) -> None:
         self.bus = bus
         self.model = model
         self.node = node or f"predictor-{model.name}"
         self.stats = NodeStats(self.node)
         self.houses: dict[str, Forecaster] = {}
         self.last_seq: dict[str, int] = {}
+        self.state_path = Path(state_path) if state_path is not None else None
+        if self.state_path is not None and self.state_path.exists():
+            self.load_state()
+
+    # -- state across restarts -------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Write every house's state to ``state_path`` (atomically: a crash leaves the old file)."""
+        if self.state_path is None:
+            return
+        doc = {
+            "format": STATE_FORMAT,
+            "node": self.node,
+            "model": self.model.name,
+            "model_version": self.model.version,
+            "saved_at": time.time(),
+            "houses": {h: {"last_seq": self.last_seq[h], "state": f.state()} for h, f in self.houses.items()},
+        }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False))
+        os.replace(tmp, self.state_path)
+        self.stats.counters["checkpoints"] += 1
+
+    def load_state(self) -> None:
+        """Take the houses' state from ``state_path``; a file that does not fit is logged and left out."""
+        assert self.state_path is not None
+        try:
+            doc = json.loads(self.state_path.read_text())
+            houses = self._restored(doc)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.stats.counters["state_errors"] += 1
+            log.error("%s: ignored the saved state %s (starting afresh): %s", self.node, self.state_path, exc)
+            return
+        for house, (seq, forecaster) in houses.items():
+            self.houses[house], self.last_seq[house] = forecaster, seq
+        self.stats.counters["restored_houses"] = len(houses)
+        log.info("%s: restored %d house(s) from %s", self.node, len(houses), self.state_path)
+
+    def _restored(self, doc: Any) -> dict[str, tuple[int, Forecaster]]:
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a wattcast predictor state of format {STATE_FORMAT}")
+        if (doc.get("model"), doc.get("model_version")) != (self.model.name, self.model.version):
+            raise ValueError(f"saved by model {doc.get('model')} {doc.get('model_version')}, "
+                             f"this node runs {self.model.name} {self.model.version}")
+        houses = {}
+        for house, entry in doc["houses"].items():
+            seq = entry["last_seq"]
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+                raise ValueError(f"house {house!r}: last_seq {seq!r} is not a sequence number")
+            forecaster = self.model.new_forecaster()
+            forecaster.restore(entry["state"])
+            houses[house] = (seq, forecaster)
+        return houses
 
     def handle(self, batch: list[Message]) -> None:
         c = self.stats.counters

@@ -202,6 +202,15 @@ def test_collector_keeps_its_store_in_a_volume(compose):
     assert mounts[home] in compose["volumes"]
 
 
+def test_predictors_keep_their_state_in_a_volume(compose):
+    predictors = [s for n, s in compose["services"].items() if n.startswith("predictor-")]
+    for service in predictors:
+        state_dir = environment(service)[config.ENV_STATE_DIR]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        assert mounts.get(state_dir) in compose["volumes"]
+    assert re.search(r"mkdir -p .*/state", (REPO / "Dockerfile").read_text())  # owned by the image's user
+
+
 def test_dockerfile_installs_the_package_and_the_models():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /wheels \.$", text, re.M)

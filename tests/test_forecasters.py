@@ -171,6 +171,35 @@ def test_forecasts_finite_over_a_replay(model, split):
     assert all(-20 < v < 40 for v in values)  # kW of one house
 
 
+@pytest.mark.parametrize("cut", [0, 1, 45])
+def test_state_survives_json_and_the_restored_forecaster_goes_on_identically(model, readings, cut):
+    import json
+
+    a = feed(model.new_forecaster(), readings[:cut])
+    b = model.new_forecaster()
+    b.restore(json.loads(json.dumps(a.state(), allow_nan=False)))
+    for r in readings[cut:cut + 60]:
+        a.learn_one(r)
+        b.learn_one(r)
+        assert same_query(a.query(), b.query())
+        assert a.forecast() == b.forecast()
+
+
+def test_a_state_that_does_not_fit_is_refused(model, readings):
+    f = feed(model.new_forecaster(), readings[:40])
+    state = f.state()
+    with pytest.raises(ValueError):
+        f.restore({**state, "surplus": 1})
+    with pytest.raises(ValueError):
+        f.restore({k: v for k, v in state.items() if k != "seen"})
+    with pytest.raises(ValueError):
+        f.restore({**state, "seen": "40"})
+    if is_lstm(model):
+        with pytest.raises(ValueError, match="shape"):
+            f.restore({**state, "window": state["window"][1:]})
+
+
+# ------------------------------------------------------------------------- persistence
 # ------------------------------------------------------------------------- persistence
 
 def test_persistence_is_the_newest_reading(readings):

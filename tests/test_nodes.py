@@ -103,6 +103,79 @@ def test_predictor_keeps_houses_apart():
     assert got == {"a": 2.0, "b": 6.0}
 
 
+@pytest.mark.parametrize("name", ["linear", "lstm"])
+def test_a_restarted_predictor_with_its_state_forecasts_as_if_it_never_stopped(val, tmp_path, name):
+    model = load_model(name)
+    msgs = [msg(r) for r in to_readings(val.iloc[:80], house="h000")]
+    msgs += [msg(r) for r in to_readings(val.iloc[200:280], house="h001")]
+    msgs.sort(key=lambda m: decode(m.topic, m.payload).seq)  # minute by minute, as the simulator sends them
+    whole = MemoryHub().connect()
+    PredictorNode(whole, model).handle(msgs)
+
+    state = tmp_path / "state" / "p.json"
+    first_bus = MemoryHub().connect()
+    first = PredictorNode(first_bus, model, state_path=state)
+    first.handle(msgs[:70])
+    first.checkpoint()
+    first.handle(msgs[70:90])  # handled but not checkpointed: killed here, so the broker redelivers them
+    second_bus = MemoryHub().connect()
+    second = PredictorNode(second_bus, model, state_path=state)
+    assert second.stats.counters["restored_houses"] == 2 and second.last_seq == {"h000": 34, "h001": 34}
+    second.handle(msgs[70:])
+    key = lambda f: (f.house, f.seq)  # noqa: E731
+    expected = sorted(forecasts_of(whole), key=key)
+    got = sorted({key(f): f for f in forecasts_of(first_bus) + forecasts_of(second_bus)}.values(), key=key)
+    assert [(f.house, f.seq, f.issued_at, f.target_ts) for f in got] == \
+        [(f.house, f.seq, f.issued_at, f.target_ts) for f in expected]
+    # float32 LSTM sums differ in the last bits between batch sizes (one batch of 160 above)
+    np.testing.assert_allclose([f.value for f in got], [f.value for f in expected], rtol=1e-6)
+
+
+def test_a_saved_state_that_does_not_fit_is_reported_and_ignored(val, tmp_path, caplog):
+    state = tmp_path / "p.json"
+    linear = PredictorNode(MemoryHub().connect(), load_model("linear"), state_path=state)
+    linear.handle([msg(r) for r in to_readings(val.iloc[:5])])
+    linear.checkpoint()
+    other = PredictorNode(MemoryHub().connect(), load_model("persistence"), state_path=state)
+    assert other.stats.counters["state_errors"] == 1 and other.houses == {}
+    assert "saved by model linear" in caplog.text
+    state.write_text('{"format": 1, "model": "linear", "houses": {')
+    again = PredictorNode(MemoryHub().connect(), load_model("linear"), state_path=state)
+    assert again.stats.counters["state_errors"] == 1 and again.houses == {}
+
+
+def test_serve_with_checkpoints_acknowledges_only_what_a_checkpoint_holds():
+    import threading
+    import time
+
+    from wattcast.bus import MemoryBus
+    from wattcast.node import NodeStats, StopFlag, serve
+
+    log: list[str] = []
+
+    class AckingBus(MemoryBus):
+        def ack(self, message: Message) -> None:
+            log.append(f"ack {message.topic}")
+
+    hub = MemoryHub()
+    bus = AckingBus(hub)
+    hub._buses.append(bus)
+    bus.subscribe("t/#")
+    stop = StopFlag(install_signals=False)
+    other = hub.connect()
+
+    def feed() -> None:
+        for i in range(3):
+            other.publish(f"t/{i}", b"x")
+            time.sleep(0.3)  # idle in between: a checkpoint each time
+        stop.set()
+
+    threading.Thread(target=feed).start()
+    serve(bus, "n", "test", NodeStats("n"), lambda batch: log.extend(f"handle {m.topic}" for m in batch), stop,
+          checkpoint=lambda: log.append("checkpoint"))
+    assert log == [entry for i in range(3) for entry in (f"handle t/{i}", "checkpoint", f"ack t/{i}")]
+
+
 # ----------------------------------------------------------------------------- collector
 
 def make_collector(tmp_path, models=("persistence",), **kw):

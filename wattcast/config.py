@@ -25,6 +25,7 @@ ENV_STORE = "WATTCAST_STORE"
 ENV_LOG_LEVEL = "WATTCAST_LOG_LEVEL"
 ENV_WAIT_FOR = "WATTCAST_WAIT_FOR"
 ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
+ENV_STATE_DIR = "WATTCAST_STATE_DIR"
 
 
 def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,

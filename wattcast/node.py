@@ -140,14 +140,59 @@ def drain(bus: Bus, max_batch: int, timeout: float) -> list[Message]:
     return batch
 
 
+class Checkpoints:
+    """Acknowledge handled messages only once a checkpoint of the node's state holds them.
+
+    ``save`` runs when the node goes idle, every ``every`` seconds or every ``most``
+    held messages (below the broker's in-flight limit of 1000, which would otherwise
+    stop delivery), and at the end.  If a save fails the messages are acknowledged
+    anyway (counted as ``checkpoint_errors``, logged): a node that stops
+    acknowledging stops receiving.
+    """
+
+    def __init__(self, bus: Bus, stats: NodeStats, save: Callable[[], None], every: float = 0.2,
+                 most: int = 256) -> None:
+        self.bus, self.stats, self.save = bus, stats, save
+        self.every, self.most = every, most
+        self.held: list[Message] = []
+        self.last = time.monotonic()
+
+    def hold(self, batch: list[Message]) -> None:
+        self.held.extend(batch)
+
+    def due(self, idle: bool) -> bool:
+        return bool(self.held) and (idle or len(self.held) >= self.most or time.monotonic() - self.last >= self.every)
+
+    def commit(self) -> None:
+        try:
+            self.save()
+        except Exception as exc:
+            errors = self.stats.counters["checkpoint_errors"] = self.stats.counters["checkpoint_errors"] + 1
+            if errors == 1:
+                log.exception("%s: saving a checkpoint failed; acknowledging %d messages anyway",
+                              self.stats.node, len(self.held))
+            elif errors % 100 == 0:
+                log.error("%s: %d checkpoints failed so far (last: %s)", self.stats.node, errors, exc)
+        with self.bus.batched():
+            for message in self.held:
+                self.bus.ack(message)
+        self.held = []
+        self.last = time.monotonic()
+
+
 def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[list[Message]], None],
           stop: StopFlag, max_batch: int = 512, status_every: float = 2.0,
-          tick: Callable[[], bool] | None = None) -> None:
-    """The node main loop: batches -> ``handle`` -> ack; periodic status; ``tick()`` True ends the loop."""
+          tick: Callable[[], bool] | None = None, checkpoint: Callable[[], None] | None = None) -> None:
+    """The node main loop: batches -> ``handle`` -> ack; periodic status; ``tick()`` True ends the loop.
+
+    With ``checkpoint`` (saves the node's state) messages are acknowledged only after
+    a checkpoint that includes them (:class:`Checkpoints`).
+    """
     age = process_age_s()
     if age is not None:
         stats.counters["startup_ms"] = int(age * 1000)
     settle_heap()
+    checkpoints = Checkpoints(bus, stats, checkpoint) if checkpoint is not None else None
     bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
     next_status = time.monotonic() + status_every
     while not stop.is_set():
@@ -160,13 +205,20 @@ def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[li
                     stats.counters["handler_errors"] += len(batch)
                     log.exception("%s: handling a batch of %d messages failed; they are counted as handler_errors",
                                   node, len(batch))
-                for message in batch:
-                    bus.ack(message)
+                if checkpoints is None:
+                    for message in batch:
+                        bus.ack(message)
+                else:
+                    checkpoints.hold(batch)
+        if checkpoints is not None and checkpoints.due(idle=not batch):
+            checkpoints.commit()
         now = time.monotonic()
         if now >= next_status:
             bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
             next_status = now + status_every
         if tick is not None and tick():
             break
+    if checkpoints is not None and checkpoints.held:
+        checkpoints.commit()
     bus.publish(status_topic(node), status(node, role, "offline", stats).to_json(), retain=True)
     bus.flush(timeout=10)

@@ -228,6 +228,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             node = f"predictor-{model}{suffix}"
             predictor_nodes[model] = node
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
+            extra += ["--state-dir", str(store_path.parent / "state")]
             children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, env))
         # The simulator starts with the others (its data loading is start-up, not replay) and
         # waits by itself until every node it feeds is online.

@@ -10,6 +10,9 @@ A :class:`Model` is shared by all houses (weights, parameters); a
 ``forecast()`` is the one-house shortcut.  Queries are immutable snapshots, so a
 node may collect queries of many consecutive readings and houses and predict them
 in one batch: the result is the same as predicting one at a time.
+
+``state()`` / ``restore()`` save and load a house's state as plain JSON values, so
+a predictor that restarts goes on exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -41,6 +44,33 @@ class Forecaster(ABC):
     def forecast(self) -> float | None:
         q = self.query()
         return None if q is None else float(self.model.predict([q])[0])
+
+    def state(self) -> dict[str, Any]:
+        """Everything this house's forecaster has learned, as JSON values (arrays as lists).
+
+        The default covers forecasters whose attributes are numbers, None and NumPy
+        arrays; JSON keeps floats exact, so a restored forecaster forecasts the same.
+        """
+        out = {}
+        for name, value in vars(self).items():
+            if name != "model":
+                out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state` gave; ValueError if it does not fit this forecaster."""
+        fresh = vars(self)
+        if set(state) != set(fresh) - {"model"}:
+            raise ValueError(f"state of {sorted(state)} does not fit a {type(self).__name__}")
+        for name, value in state.items():
+            current = fresh[name]
+            if isinstance(current, np.ndarray):
+                value = np.asarray(value, dtype=current.dtype)
+                if value.shape != current.shape:
+                    raise ValueError(f"{name} of shape {value.shape}, expected {current.shape}")
+            elif value is not None and not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number or null, got {type(value).__name__}")
+            setattr(self, name, value)
 
 
 class Model(ABC):
