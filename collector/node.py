@@ -23,6 +23,10 @@ from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
 
+#: an idle collector sends its newest progress again after this many seconds, at most this often
+PROGRESS_RESEND_S = 0.5
+PROGRESS_RESENDS = 3
+
 
 class CollectorNode:
     def __init__(self, bus: Bus, store: Store, models: tuple[str, ...] = MODELS, window_s: int = 3600,
@@ -42,6 +46,10 @@ class CollectorNode:
         self.finished = False
         #: handling lag of every message (s), for the end-of-run percentiles: 8 bytes each
         self.lags = array("d")
+        #: the newest Progress sent, when, and how often it was sent again while idle
+        self.progress: Progress | None = None
+        self.progress_at = 0.0
+        self.progress_resends = 0
         self.started = time.time()
         self.restore()
         store.set_meta("collector", {"models": list(self.models), "window_s": window_s, "started_at": self.started})
@@ -118,14 +126,21 @@ class CollectorNode:
         self.store.add_matches(matches)
         self.store.commit()  # before the bus acknowledges the batch
         c["matched"] += len(matches)
-        if readings:  # stored: tell a max-speed simulator how far the collector is (QoS 0, it only paces)
+        if readings:  # stored: tell a max-speed simulator how far the collector is
             newest = readings[-1][0]
-            progress = Progress(self.node, newest.house, newest.seq)
-            self.bus.publish(progress.topic, progress.to_json(), qos=0)
+            self.publish_progress(Progress(self.node, newest.house, newest.seq))
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
         if readings or forecasts:
             self.last_progress = time.monotonic()
+
+    def publish_progress(self, progress: Progress) -> None:
+        """QoS 0: it only paces.  Lost (a reconnection), the simulator would wait for it in vain:
+        :meth:`tick` sends the newest again when the collector idles (at most ``PROGRESS_RESENDS`` times)."""
+        self.bus.publish(progress.topic, progress.to_json(), qos=0)
+        if progress != self.progress:
+            self.progress, self.progress_resends = progress, 0
+        self.progress_at = time.monotonic()
 
     # -- periodic work -------------------------------------------------------------------
     def publish_metrics(self, keys) -> None:
@@ -145,8 +160,15 @@ class CollectorNode:
                    for h in self.ends for m in self.models)
 
     def tick(self) -> bool:
-        """Publish due metrics; finalize at end of stream. True once finalized."""
+        """Publish due metrics; resend the newest progress when idle; finalize at end of stream.
+
+        True once finalized.
+        """
         now = time.monotonic()
+        if (self.progress is not None and self.progress_resends < PROGRESS_RESENDS
+                and now - self.progress_at >= PROGRESS_RESEND_S):
+            self.progress_resends += 1
+            self.publish_progress(self.progress)
         if self.dirty and now >= self.next_metrics:
             self.publish_metrics(self.dirty)
             self.dirty = set()

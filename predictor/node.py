@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wattcast.bus import Bus, Message
 from wattcast.forecasters import Forecaster, Model
 from wattcast.messages import EndOfStream, Forecast, MessageError, Reading, decode
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: version of the state file's layout
 STATE_FORMAT = 1
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} in a saved state")
 
 
 class PredictorNode:
@@ -66,9 +72,9 @@ class PredictorNode:
         """Take the houses' state from ``state_path``; a file that does not fit is logged and left out."""
         assert self.state_path is not None
         try:
-            doc = json.loads(self.state_path.read_text())
+            doc = json.loads(self.state_path.read_text(), parse_constant=_reject_constant)
             houses = self._restored(doc)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
             self.stats.counters["state_errors"] += 1
             log.error("%s: ignored the saved state %s (starting afresh): %s", self.node, self.state_path, exc)
             return
@@ -86,10 +92,13 @@ class PredictorNode:
         houses = {}
         for house, entry in doc["houses"].items():
             seq = entry["last_seq"]
-            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-                raise ValueError(f"house {house!r}: last_seq {seq!r} is not a sequence number")
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 2**53:
+                raise ValueError(f"house {house!r}: last_seq {seq!r:.40} is not a sequence number")
             forecaster = self.model.new_forecaster()
             forecaster.restore(entry["state"])
+            query = forecaster.query()
+            if query is not None and not np.isfinite(self.model.predict([query])).all():
+                raise ValueError(f"house {house!r}: its state forecasts a value that is not finite")
             houses[house] = (seq, forecaster)
         return houses
 
@@ -129,9 +138,16 @@ class PredictorNode:
         c["predict_calls"] += 1
         horizon = self.model.horizon_s
         for (reading, _), value in zip(pending, values, strict=True):
-            forecast = Forecast(
-                reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
-                reading.ts + horizon, float(value), reading.sent_at,
-            )
+            try:
+                forecast = Forecast(
+                    reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
+                    reading.ts + horizon, float(value), reading.sent_at,
+                )
+            except MessageError as exc:  # e.g. a model that diverged to NaN for one house: not the others
+                c["bad_forecasts"] += 1
+                if c["bad_forecasts"] <= 10 or c["bad_forecasts"] % 1000 == 0:
+                    log.warning("%s: no forecast for house %s seq %d (%d so far): %s", self.node, reading.house,
+                                reading.seq, c["bad_forecasts"], exc)
+                continue
             self.bus.publish(forecast.topic, forecast.to_json(), qos=1)
-        c["forecasts"] += len(pending)
+            c["forecasts"] += 1

@@ -198,49 +198,58 @@ class Simulator:
             return
         last_progress = time.monotonic()
         while not stop():
-            self._take_forecasts()
+            if self._take_forecasts():
+                last_progress = time.monotonic()
             models = [m for m in self.await_models if self.forecast_seq.get((last, m), -1) < seq]
             nodes = [n for n in self.await_nodes if self.node_minute.get(n, -1) < seq]
             if not models and not nodes:
                 return
+            # only progress counts: a dead predictor's peers keep sending their statuses
+            if time.monotonic() - last_progress > self.stall_s:
+                log.warning("no progress from %s for %.0f s; no longer waiting for them",
+                            ", ".join(sorted(models) + sorted(nodes)), self.stall_s)
+                self.await_models -= set(models)
+                self.await_nodes -= set(nodes)
+                continue
             try:
                 message = self.bus.inbox.get(timeout=0.2)
             except queue.Empty:
-                if time.monotonic() - last_progress > self.stall_s:
-                    log.warning("no progress from %s for %.0f s; no longer waiting for them",
-                                ", ".join(sorted(models) + sorted(nodes)), self.stall_s)
-                    self.await_models -= set(models)
-                    self.await_nodes -= set(nodes)
                 continue
-            self._note(message)
-            last_progress = time.monotonic()
+            if self._note(message):
+                last_progress = time.monotonic()
 
-    def _take_forecasts(self) -> None:
+    def _take_forecasts(self) -> bool:
+        """Note what is in the inbox already; True if any of it was progress."""
+        advanced = False
         while True:
             try:
                 message = self.bus.inbox.get_nowait()
             except queue.Empty:
-                return
-            self._note(message)
+                return advanced
+            advanced = self._note(message) or advanced
 
-    def _note(self, message) -> None:
+    def _note(self, message) -> bool:
+        """Take a forecast or a node's progress into account; True if it moved a model or node forward."""
         if "/forecast/" not in message.topic and "/progress/" not in message.topic:
-            return  # e.g. node statuses
+            return False  # e.g. node statuses
         try:
             msg = decode(message.topic, message.payload)
         except MessageError as exc:
             self.malformed += 1
             log.warning("simulator: ignored a malformed message on %s: %s", message.topic[:120], exc)
-            return
+            return False
         if isinstance(msg, Forecast):
             key = (msg.house, msg.model)
             if msg.seq > self.forecast_seq.get(key, -1):
                 self.forecast_seq[key] = msg.seq
+                return True
         elif isinstance(msg, Progress):
             # minute seq is done once the house published last in it is
             minute = msg.seq if msg.house == self._last_house(msg.seq) else msg.seq - 1
             if minute > self.node_minute.get(msg.node, -1):
                 self.node_minute[msg.node] = minute
+                return True
+        return False
 
 
 def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float) -> None:

@@ -192,11 +192,22 @@ def test_a_state_that_does_not_fit_is_refused(model, readings):
         f.restore({**state, "surplus": 1})
     with pytest.raises(ValueError):
         f.restore({k: v for k, v in state.items() if k != "seen"})
-    with pytest.raises(ValueError):
-        f.restore({**state, "seen": "40"})
+    for seen in ("40", True, -1, 40.0, None, 2**60):
+        with pytest.raises(ValueError):
+            f.restore({**state, "seen": seen})
     if is_lstm(model):
         with pytest.raises(ValueError, match="shape"):
             f.restore({**state, "window": state["window"][1:]})
+        window = copy.deepcopy(state["window"])
+        window[3][0] = float("nan")
+        with pytest.raises(ValueError, match="finite"):
+            f.restore({**state, "window": window})
+    else:
+        number = next(k for k, v in state.items() if isinstance(v, float))
+        for bad in (float("inf"), float("nan"), "1.0", [1.0]):
+            with pytest.raises(ValueError):
+                f.restore({**state, number: bad})
+    assert f.state() == state  # nothing was changed by the refused ones
 
 
 # ------------------------------------------------------------------------- persistence

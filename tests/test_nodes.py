@@ -139,9 +139,24 @@ def test_a_saved_state_that_does_not_fit_is_reported_and_ignored(val, tmp_path, 
     other = PredictorNode(MemoryHub().connect(), load_model("persistence"), state_path=state)
     assert other.stats.counters["state_errors"] == 1 and other.houses == {}
     assert "saved by model linear" in caplog.text
-    state.write_text('{"format": 1, "model": "linear", "houses": {')
-    again = PredictorNode(MemoryHub().connect(), load_model("linear"), state_path=state)
-    assert again.stats.counters["state_errors"] == 1 and again.houses == {}
+    good = json.loads(state.read_text())
+    entry = good["houses"]["h000"]
+    broken = [
+        '{"format": 1, "model": "linear", "houses": {',  # cut short
+        "[" * 100_000 + "]" * 100_000,  # nested too deep for the parser
+        json.dumps(good).replace(str(entry["state"]["s0"]), "NaN"),
+        json.dumps(good).replace(str(entry["state"]["s0"]), "1e999"),
+        json.dumps(good).replace(str(entry["state"]["s0"]), "9" * 1000),
+        json.dumps(good).replace(f'"seen": {entry["state"]["seen"]}', '"seen": true'),
+        json.dumps(good).replace(f'"last_seq": {entry["last_seq"]}', '"last_seq": -3'),
+        json.dumps({**good, "houses": {"h000": {"last_seq": 4, "state": [1, 2]}}}),
+    ]
+    for text in broken:
+        state.write_text(text)
+        again = PredictorNode(MemoryHub().connect(), load_model("linear"), state_path=state)
+        assert again.stats.counters["state_errors"] == 1 and again.houses == {}, text[:80]
+    state.write_text(json.dumps(good))
+    assert PredictorNode(MemoryHub().connect(), load_model("linear"), state_path=state).houses
 
 
 def test_serve_with_checkpoints_acknowledges_only_what_a_checkpoint_holds():
@@ -225,6 +240,11 @@ def test_collector_publishes_its_progress_after_each_batch_with_new_readings(tmp
     assert len(progress()) == 1
     node.handle([msg(reading("h000", 6, T0 + 360, 2.0))])
     assert progress()[-1] == Progress("collector", "h000", 6)
+    # idle: the newest is sent again (a QoS 0 one lost would stall a simulator), 3 times at most
+    for _ in range(5):
+        node.progress_at -= 1.0
+        node.tick()
+    assert progress()[1:] == [Progress("collector", "h000", 6)] * 4
 
 
 def test_collector_counts_and_stores_rejections(tmp_path):
@@ -405,6 +425,56 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
     assert minutes() == 6
     runner.join(timeout=10)  # silent for stall_s: no longer waited for
     assert not runner.is_alive() and minutes() == 30
+
+
+def test_a_silent_model_stops_being_awaited_although_node_statuses_keep_coming(val):
+    import threading
+
+    hub = MemoryHub()
+    sim_bus = hub.connect()
+    sim_bus.subscribe("wattcast/v1/status/+")  # as wait_for_nodes leaves it
+    peer, stop = hub.connect(), threading.Event()
+
+    def chatter() -> None:  # the live nodes' periodic statuses
+        while not stop.wait(0.1):
+            peer.publish(status_topic("collector"), b'{"node":"collector","state":"online","role":"collector"}')
+
+    threading.Thread(target=chatter, daemon=True).start()
+    sim = Simulator(sim_bus, house_streams(val, 1, limit=20), speed=None, progress=lambda line: None,
+                    await_models=("lstm",), window=2, stall_s=0.5)
+    replay = threading.Thread(target=sim.run, args=(stop.is_set,))
+    replay.start()
+    replay.join(timeout=5)
+    stop.set()
+    replay.join()
+    assert sim.published == 20 and sim.await_models == set()
+
+
+def test_checkpoints_wait_for_the_broker_before_saving_and_acknowledging():
+    from wattcast.bus import MemoryBus
+    from wattcast.node import Checkpoints, NodeStats
+
+    events: list[str] = []
+
+    class Bus(MemoryBus):
+        confirmed = False
+
+        def flush(self, timeout=None) -> bool:
+            events.append(f"flush {'ok' if self.confirmed else 'timeout'}")
+            return self.confirmed
+
+        def ack(self, message: Message) -> None:
+            events.append(f"ack {message.topic}")
+
+    bus = Bus()
+    stats = NodeStats("n")
+    cp = Checkpoints(bus, stats, save=lambda: events.append("save"))
+    cp.hold([Message("t/1", b"")])
+    cp.commit()  # the broker has not confirmed what the node published: neither save nor ack
+    assert events == ["flush timeout"] and cp.held and stats.counters["checkpoints_deferred"] == 1
+    bus.confirmed = True
+    cp.commit()
+    assert events == ["flush timeout", "flush ok", "save", "ack t/1"] and not cp.held
 
 
 def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):

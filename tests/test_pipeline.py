@@ -322,4 +322,15 @@ def test_run_with_its_default_store_in_the_working_directory(tmp_path):
     store = tmp_path / result["store"]
     assert not Path(result["store"]).is_absolute() and store.is_file()
     assert (store.parent / "logs" / "collector.log").is_file()
+    assert [p.name for p in (store.parent / "wattcast-state").glob("*.json")] == ["predictor-persistence.json"]
     assert result["models"]["persistence"]["n"] == 44
+
+    # A store, and the predictors' state beside it, hold one run: reusing either is refused in one line.
+    again = [sys.executable, "-m", "wattcast", "run", "--limit", "50", "--models", "persistence", "--quiet",
+             "--store", str(store)]
+    out = subprocess.run(again, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1 and "exists" in out.stderr and "Traceback" not in out.stderr
+    store.unlink()
+    out = subprocess.run(again, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1 and "predictor state of an earlier run" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -159,6 +159,22 @@ def test_decoded_numbers_have_their_fields_types():
     assert type(decode(topic_of("forecast", obj), json.dumps(obj)).value) is float
 
 
+@pytest.mark.parametrize("kind,member,literal", [
+    ("reading", "sent_at", "1e999"),  # JSON has no infinity, but this literal parses as one
+    ("reading", "voltage", "-1e999"),
+    ("forecast", "reading_sent_at", "1e999"),
+    ("forecast", "value", "1e999"),
+    ("reading", "voltage", "9" * 400),  # too large for a float
+    ("metrics", "mse", "9" * 400),
+])
+def test_numbers_beyond_floats_are_rejected_with_a_reason(kind, member, literal):
+    obj = example(kind)
+    obj[member] = 12345.5
+    payload = json.dumps(obj).replace("12345.5", literal)
+    with pytest.raises(MessageError, match=member):
+        decode(topic_of(kind, obj), payload)
+
+
 def test_non_objects_are_rejected_by_every_schema_and_the_decoder(validators):
     for kind, validator in validators.items():
         for payload in ([], "x", 1, None):

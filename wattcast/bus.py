@@ -384,11 +384,13 @@ class MqttBus:
         broker then saw "Broken pipe", dropped the DISCONNECT and published the node's
         last will over its final status (the simulator, which receives forecasts until
         its end, in about 1 run of 10).  The UNSUBACK comes after everything the broker
-        sent before it, and nothing follows it.  A persistent session keeps its
+        had sent before it (mosquitto may still send a message it had queued, rarely).
+        A persistent session keeps its
         subscriptions instead: unsubscribing would lose what is published while away.
         """
         with self._lock:
             filters = list(self._filters)
+            self._filters.clear()  # a reconnection while closing must not subscribe again
         if not filters or not self._connected.is_set():
             return
         done = threading.Event()

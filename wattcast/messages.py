@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any, ClassVar
@@ -124,7 +125,10 @@ def _check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
 def _check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MessageError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise MessageError(f"{name} is out of range: an integer of {len(str(value))} digits") from None
     if not math.isfinite(value):
         raise MessageError(f"{name} must be finite, got {value}")
     if not lo <= value <= hi:
@@ -136,11 +140,17 @@ def _check_ts(name: str, value: Any) -> int:
     return _check_int(name, value, _TS_MIN, _TS_MAX)
 
 
+#: the largest finite float: the upper bound of fields that have none (an infinite bound
+#: would let infinity through the fast path of _set_floats)
+_FLOAT_MAX = sys.float_info.max
+
+
 def _set_floats(obj: Any, names: tuple[str, ...], lo: float, hi: float) -> None:
     """Validate float fields of a frozen dataclass in place (ints become floats).
 
     The common case, a float inside the range, costs one type check and a chained
-    comparison (NaN and infinities fail the comparison and take the full check).
+    comparison; NaN fails the comparison and takes the full check, and so do
+    infinities because the bounds are finite (:data:`_FLOAT_MAX` for "no bound").
     """
     for name in names:
         value = getattr(obj, name)
@@ -250,7 +260,7 @@ class Reading(_Payload):
         _check_ts("ts", self.ts)
         _set_floats(self, READING_FIELDS, -1e6, 1e6)
         if self.sent_at is not None:
-            _set_floats(self, ("sent_at",), 0.0, math.inf)
+            _set_floats(self, ("sent_at",), 0.0, _FLOAT_MAX)
 
     @property
     def topic(self) -> str:
@@ -308,7 +318,7 @@ class Forecast(_Payload):
             raise MessageError("target_ts must be after issued_at")
         _set_floats(self, ("value",), -1e6, 1e6)
         if self.reading_sent_at is not None:
-            _set_floats(self, ("reading_sent_at",), 0.0, math.inf)
+            _set_floats(self, ("reading_sent_at",), 0.0, _FLOAT_MAX)
 
     @property
     def topic(self) -> str:

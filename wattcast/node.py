@@ -145,15 +145,20 @@ class Checkpoints:
 
     ``save`` runs when the node goes idle, every ``every`` seconds or every ``most``
     held messages (below the broker's in-flight limit of 1000, which would otherwise
-    stop delivery), and at the end.  If a save fails the messages are acknowledged
-    anyway (counted as ``checkpoint_errors``, logged): a node that stops
-    acknowledging stops receiving.
+    stop delivery), and at the end.  Before it, everything the node published while
+    handling them must be acknowledged by the broker: a state that says "handled"
+    while a forecast still sat in paho's send queue would lose that forecast in a
+    crash (the restarted node takes the redelivered reading for a duplicate).  If the
+    broker does not confirm in time, nothing is saved or acknowledged yet (the next
+    commit tries again).  If a save fails the messages are acknowledged anyway
+    (counted as ``checkpoint_errors``, logged): a node that stops acknowledging
+    stops receiving.
     """
 
     def __init__(self, bus: Bus, stats: NodeStats, save: Callable[[], None], every: float = 0.2,
-                 most: int = 256) -> None:
+                 most: int = 256, flush_s: float = 5.0) -> None:
         self.bus, self.stats, self.save = bus, stats, save
-        self.every, self.most = every, most
+        self.every, self.most, self.flush_s = every, most, flush_s
         self.held: list[Message] = []
         self.last = time.monotonic()
 
@@ -164,6 +169,10 @@ class Checkpoints:
         return bool(self.held) and (idle or len(self.held) >= self.most or time.monotonic() - self.last >= self.every)
 
     def commit(self) -> None:
+        if not self.bus.flush(timeout=self.flush_s):
+            self.stats.counters["checkpoints_deferred"] += 1
+            self.last = time.monotonic()  # try again after `every`, not in a busy loop
+            return
         try:
             self.save()
         except Exception as exc:

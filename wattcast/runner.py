@@ -179,6 +179,10 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
     store_path.parent.mkdir(parents=True, exist_ok=True)
     if store_path.exists():
         raise RunError(f"{store_path} exists; pass another --store (a store holds one run)")
+    # the predictors' state belongs to this store's run: an old one would make them skip every reading
+    state_dir = store_path.parent / f"{store_path.stem}-state"
+    if state_dir.exists():
+        raise RunError(f"{state_dir} exists (predictor state of an earlier run); remove it or pass another --store")
     log_dir = store_path.parent / "logs"
     log_dir.mkdir(exist_ok=True)
 
@@ -228,7 +232,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
             node = f"predictor-{model}{suffix}"
             predictor_nodes[model] = node
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
-            extra += ["--state-dir", str(store_path.parent / "state")]
+            extra += ["--state-dir", str(state_dir)]
             children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, env))
         # The simulator starts with the others (its data loading is start-up, not replay) and
         # waits by itself until every node it feeds is online.

@@ -17,6 +17,7 @@ a predictor that restarts goes on exactly where it stopped.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -58,19 +59,49 @@ class Forecaster(ABC):
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back what :meth:`state` gave; ValueError if it does not fit this forecaster."""
+        """Take back what :meth:`state` gave; ValueError if it does not fit this forecaster.
+
+        A state comes from a file: every value must have the type of the fresh
+        forecaster's (an int stays an int, a float may be written as an integer, null
+        only where the fresh value is null), numbers must be finite, arrays the shape.
+        Nothing is changed unless all of it fits.
+        """
         fresh = vars(self)
-        if set(state) != set(fresh) - {"model"}:
-            raise ValueError(f"state of {sorted(state)} does not fit a {type(self).__name__}")
-        for name, value in state.items():
-            current = fresh[name]
-            if isinstance(current, np.ndarray):
-                value = np.asarray(value, dtype=current.dtype)
-                if value.shape != current.shape:
-                    raise ValueError(f"{name} of shape {value.shape}, expected {current.shape}")
-            elif value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number or null, got {type(value).__name__}")
+        if not isinstance(state, dict) or set(state) != set(fresh) - {"model"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state of {keys} does not fit a {type(self).__name__}")
+        restored = {name: _restored_value(name, value, fresh[name]) for name, value in state.items()}
+        for name, value in restored.items():
             setattr(self, name, value)
+
+
+def _restored_value(name: str, value: Any, fresh: Any) -> Any:
+    """``value`` from a saved state, checked against the fresh forecaster's ``fresh``."""
+    if isinstance(fresh, np.ndarray):
+        try:
+            array = np.asarray(value, dtype=fresh.dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{name} is not an array of numbers: {exc}") from None
+        if array.shape != fresh.shape:
+            raise ValueError(f"{name} of shape {array.shape}, expected {fresh.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} holds a value that is not finite")
+        return array
+    if value is None:
+        if fresh is not None:
+            raise ValueError(f"{name} must be a number, got null")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(fresh, int) and not isinstance(fresh, bool):
+        if not isinstance(value, int) or not 0 <= value <= 2**53:
+            raise ValueError(f"{name} must be a count in [0, 2**53], got {value!r:.40}")
+        return value
+    if isinstance(value, int) and not -(2**53) <= value <= 2**53:
+        raise ValueError(f"{name} out of range: {value!r:.40}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value) if isinstance(fresh, float) else value
 
 
 class Model(ABC):
