@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Readings in flight at max speed.  Measured with ``wattcast run`` (default split, four
 #: models and the collector awaited, 2 cores), replay time / lstm forecast latency p99:
-#: window 8 4.3-4.4 s / 11-12 ms; 10 4.0-4.2 s / 13-15 ms; 16 3.4-3.6 s / 17-23 ms;
+#: window 8 4.3-4.4 s / 11-12 ms; 10 4.0-4.5 s / 13-17 ms; 16 3.4-3.6 s / 17-23 ms;
 #: 24 2.8-2.9 s / 23-30 ms.
 DEFAULT_WINDOW = 10
 
