@@ -24,17 +24,13 @@ import numpy as np
 
 from wattcast.bus import Bus, Message
 from wattcast.forecasters import Forecaster, Model
-from wattcast.messages import EndOfStream, Forecast, MessageError, Reading, decode
+from wattcast.messages import EndOfStream, Forecast, MessageError, Reading, check_int, decode, parse_json
 from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
 
 #: version of the state file's layout
 STATE_FORMAT = 1
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} in a saved state")
 
 
 class PredictorNode:
@@ -72,9 +68,8 @@ class PredictorNode:
         """Take the houses' state from ``state_path``; a file that does not fit is logged and left out."""
         assert self.state_path is not None
         try:
-            doc = json.loads(self.state_path.read_text(), parse_constant=_reject_constant)
-            houses = self._restored(doc)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+            houses = self._restored(parse_json(self.state_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # MessageError is a ValueError
             self.stats.counters["state_errors"] += 1
             log.error("%s: ignored the saved state %s (starting afresh): %s", self.node, self.state_path, exc)
             return
@@ -91,9 +86,7 @@ class PredictorNode:
                              f"this node runs {self.model.name} {self.model.version}")
         houses = {}
         for house, entry in doc["houses"].items():
-            seq = entry["last_seq"]
-            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 2**53:
-                raise ValueError(f"house {house!r}: last_seq {seq!r:.40} is not a sequence number")
+            seq = check_int(f"last_seq of house {house!r:.40}", entry["last_seq"])
             forecaster = self.model.new_forecaster()
             forecaster.restore(entry["state"])
             query = forecaster.query()

@@ -175,6 +175,12 @@ def test_numbers_beyond_floats_are_rejected_with_a_reason(kind, member, literal)
         decode(topic_of(kind, obj), payload)
 
 
+def test_a_payload_nested_too_deep_is_a_counted_rejection_not_a_crash():
+    # 4,000 bytes, under the size limit; the parser gives up with RecursionError, which escaped before
+    with pytest.raises(MessageError, match="invalid JSON"):
+        decode("wattcast/v1/h000/reading", "[" * 2000 + "]" * 2000)
+
+
 def test_non_objects_are_rejected_by_every_schema_and_the_decoder(validators):
     for kind, validator in validators.items():
         for payload in ([], "x", 1, None):

@@ -114,7 +114,9 @@ def _check_id(name: str, value: Any) -> str:
     return value
 
 
-def _check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
+# The number checks of every payload; also used for other untrusted JSON (a predictor's saved state).
+
+def check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MessageError(f"{name} must be an integer, got {type(value).__name__}")
     if not lo <= value <= hi:
@@ -122,7 +124,7 @@ def _check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
     return value
 
 
-def _check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+def check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MessageError(f"{name} must be a number, got {type(value).__name__}")
     try:
@@ -137,7 +139,7 @@ def _check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.
 
 
 def _check_ts(name: str, value: Any) -> int:
-    return _check_int(name, value, _TS_MIN, _TS_MAX)
+    return check_int(name, value, _TS_MIN, _TS_MAX)
 
 
 #: the largest finite float: the upper bound of fields that have none (an infinite bound
@@ -155,7 +157,7 @@ def _set_floats(obj: Any, names: tuple[str, ...], lo: float, hi: float) -> None:
     for name in names:
         value = getattr(obj, name)
         if not (type(value) is float and lo <= value <= hi):
-            object.__setattr__(obj, name, _check_float(name, value, lo, hi))
+            object.__setattr__(obj, name, check_float(name, value, lo, hi))
 
 
 def _check_model(value: Any) -> str:
@@ -164,14 +166,24 @@ def _check_model(value: Any) -> str:
     return value
 
 
+def parse_json(text: str) -> Any:
+    """Strict JSON: NaN and Infinity are refused, and so is nesting too deep to parse (MessageError)."""
+    try:
+        return _DECODER.decode(text)
+    except MessageError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"invalid JSON: {exc}") from None
+
+
 def _load(payload: bytes | str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         text = payload.decode("utf-8") if isinstance(payload, bytes | bytearray) else payload
-        obj = _DECODER.decode(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise MessageError(f"invalid JSON: {exc}") from None
+    obj = parse_json(text)
     if not isinstance(obj, dict):
         raise MessageError(f"payload must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -256,7 +268,7 @@ class Reading(_Payload):
 
     def __post_init__(self) -> None:
         _check_id("house", self.house)
-        _check_int("seq", self.seq)
+        check_int("seq", self.seq)
         _check_ts("ts", self.ts)
         _set_floats(self, READING_FIELDS, -1e6, 1e6)
         if self.sent_at is not None:
@@ -280,8 +292,8 @@ class EndOfStream(_Payload):
 
     def __post_init__(self) -> None:
         _check_id("house", self.house)
-        _check_int("readings", self.readings)
-        _check_int("last_seq", self.last_seq)
+        check_int("readings", self.readings)
+        check_int("last_seq", self.last_seq)
         _check_ts("last_ts", self.last_ts)
 
     @property
@@ -311,7 +323,7 @@ class Forecast(_Payload):
         _check_model(self.model)
         if not isinstance(self.model_version, str) or not 0 < len(self.model_version) <= 64:
             raise MessageError("model_version must be a string of 1-64 characters")
-        _check_int("seq", self.seq)
+        check_int("seq", self.seq)
         _check_ts("issued_at", self.issued_at)
         _check_ts("target_ts", self.target_ts)
         if self.target_ts <= self.issued_at:
@@ -352,9 +364,9 @@ class Metrics(_Payload):
         _check_model(self.model)
         _check_ts("as_of", self.as_of)
         for name in ("n", "rolling_n", "window_s", "unmatched", "pending"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("mse", "rmse", "mae", "rolling_mse"):
-            object.__setattr__(self, name, _check_float(name, getattr(self, name), 0.0))
+            object.__setattr__(self, name, check_float(name, getattr(self, name), 0.0))
 
     @property
     def topic(self) -> str:
@@ -383,13 +395,13 @@ class Status(_Payload):
             raise MessageError(f"state must be one of {STATES}, got {self.state!r:.40}")
         _check_id("role", self.role)
         if self.ts is not None:
-            object.__setattr__(self, "ts", _check_float("ts", self.ts, 0.0))
+            object.__setattr__(self, "ts", check_float("ts", self.ts, 0.0))
         if self.counters is not None:
             if not isinstance(self.counters, dict) or len(self.counters) > 32:
                 raise MessageError("counters must be an object of at most 32 entries")
             for key, value in self.counters.items():
                 _check_id("counter name", key)
-                _check_int(f"counter {key}", value)
+                check_int(f"counter {key}", value)
 
     @property
     def topic(self) -> str:
@@ -415,7 +427,7 @@ class Progress(_Payload):
     def __post_init__(self) -> None:
         _check_id("node", self.node)
         _check_id("house", self.house)
-        _check_int("seq", self.seq)
+        check_int("seq", self.seq)
 
     @property
     def topic(self) -> str:

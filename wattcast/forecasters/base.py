@@ -18,14 +18,13 @@ a predictor that restarts goes on exactly where it stopped.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from wattcast.messages import HORIZON_S, Reading
+from wattcast.messages import HORIZON_S, Reading, check_float, check_int
 
 
 class Forecaster(ABC):
@@ -92,17 +91,12 @@ def _restored_value(name: str, value: Any, fresh: Any) -> Any:
         if fresh is not None:
             raise ValueError(f"{name} must be a number, got null")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    if isinstance(fresh, int) and not isinstance(fresh, bool):
-        if not isinstance(value, int) or not 0 <= value <= 2**53:
-            raise ValueError(f"{name} must be a count in [0, 2**53], got {value!r:.40}")
-        return value
-    if isinstance(value, int) and not -(2**53) <= value <= 2**53:
-        raise ValueError(f"{name} out of range: {value!r:.40}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value) if isinstance(fresh, float) else value
+    if isinstance(fresh, int) and not isinstance(fresh, bool):  # a count
+        return check_int(name, value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = check_int(name, value, -(2**53))
+        return float(value) if isinstance(fresh, float) else value
+    return check_float(name, value)
 
 
 class Model(ABC):
