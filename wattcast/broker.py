@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMON_CONF_DIR = REPO_ROOT / "mosquitto" / "conf.d"
+from wattcast.assets import PACKAGE_DIR, mosquitto_dir
+
+COMMON_CONF_DIR = mosquitto_dir() / "conf.d"
 KINDS = ("mosquitto", "amqtt")
 
 
@@ -161,8 +162,9 @@ class PrivateBroker:
             return [mosquitto_binary() or "mosquitto", "-c", str(self.config_path)], None
         code = "import sys; from wattcast.broker import _run_amqtt; _run_amqtt(int(sys.argv[1]))"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        return [sys.executable, "-c", code, str(self.port)], env
+        # the folder that holds this wattcast package first, so that no other wattcast can shadow it
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH")) if p)
+        return [sys.executable, "-P", "-c", code, str(self.port)], env
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> PrivateBroker:

@@ -34,10 +34,10 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from wattcast.assets import mosquitto_dir
 from wattcast.messages import MODELS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MOSQUITTO_DIR = REPO_ROOT / "mosquitto"
+MOSQUITTO_DIR = mosquitto_dir()
 DEPLOYMENT_CONF = MOSQUITTO_DIR / "mosquitto.conf"
 ACL_FILE = MOSQUITTO_DIR / "acl"
 

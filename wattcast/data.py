@@ -18,7 +18,6 @@ import io
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,9 @@ class DataError(ValueError):
 
 def sample_path() -> Path:
     """The 20,492-row block shipped with wattcast (the course's 1 % subset)."""
-    return Path(str(resources.files("wattcast") / "sample" / SAMPLE_NAME))
+    from wattcast.assets import sample_dir
+
+    return sample_dir() / SAMPLE_NAME
 
 
 # ---------------------------------------------------------------------------- reading

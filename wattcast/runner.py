@@ -117,7 +117,8 @@ class Watcher:
 def _spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Child:
     log_path = log_dir / f"{name}.log"
     fh = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
+    # -P: the current folder is not put on sys.path, so a folder named like a package there cannot shadow it
+    proc = subprocess.Popen([sys.executable, "-P", "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     fh.close()
     return Child(name, proc, log_path)

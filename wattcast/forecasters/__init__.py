@@ -14,8 +14,10 @@ __all__ = ["MODELS", "ArtifactError", "Forecaster", "Model", "load_model", "defa
 
 
 def default_models_dir() -> Path:
-    """The repository's ``models/`` folder (next to the installed source tree)."""
-    return Path(__file__).resolve().parents[2] / "models"
+    """The shipped model artifacts (the repository's ``models/``, package data when installed)."""
+    from wattcast.assets import models_dir
+
+    return models_dir()
 
 
 def load_model(name: str, models_dir: Path | None = None, mu: float = 0.9) -> Model:
