@@ -4,6 +4,10 @@ Tests that use ``broker``, ``broker_factory`` or ``mqtt_bus`` are marked
 ``integration`` automatically (deselect with ``-m "not integration"``).  They never
 touch the system broker on port 1883: every broker listens on a free port of
 127.0.0.1 with its own persistence directory under the test's ``tmp_path``.
+
+With the ``CI`` environment variable set (to anything but ``""``, ``0`` or ``false``), a
+skipped test fails: a skip there means CI lacks something (mosquitto, TensorFlow, the full
+data set) and would hide a failure.  ``.ci/run`` sets ``CI=true``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,20 @@ import pytest
 from wattcast.broker import PrivateBroker, available_kind
 
 BROKER_FIXTURES = {"broker", "broker_factory", "mqtt_bus"}
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and _in_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI={os.environ['CI']!r}), which must run every test: {reason}"
 
 
 def pytest_collection_modifyitems(config, items):

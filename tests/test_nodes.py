@@ -180,10 +180,16 @@ def test_serve_with_checkpoints_acknowledges_only_what_a_checkpoint_holds():
     other = hub.connect()
 
     def feed() -> None:
-        for i in range(3):
-            other.publish(f"t/{i}", b"x")
-            time.sleep(0.3)  # idle in between: a checkpoint each time
-        stop.set()
+        # the next message only once the previous one is acknowledged (it was 'sleep 0.3 s and
+        # hope': on a busy machine two messages came in one batch, with one checkpoint)
+        try:
+            for i in range(3):
+                other.publish(f"t/{i}", b"x")
+                deadline = time.monotonic() + 60
+                while f"ack t/{i}" not in log and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        finally:
+            stop.set()
 
     threading.Thread(target=feed).start()
     serve(bus, "n", "test", NodeStats("n"), lambda batch: log.extend(f"handle {m.topic}" for m in batch), stop,

@@ -412,16 +412,51 @@ class MqttBus:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Disconnect cleanly: the broker must get the DISCONNECT, or it publishes the last will."""
+        """Disconnect cleanly: the broker must get the DISCONNECT, or it publishes the last will.
+
+        paho closes its socket right after writing DISCONNECT.  With received but unread
+        data in it (messages the broker sent meanwhile: a flood on a busy machine) the
+        kernel sends a reset instead of a FIN, the broker may drop the DISCONNECT as a
+        "Broken pipe" and publish the node's last will over its final status (6 runs in 6
+        on a loaded 2-core machine, with the UNSUBACK wait of _stop_deliveries alone).
+        So close() takes the connection over from paho's network thread: it stops the
+        thread, writes what paho still had queued and the DISCONNECT itself, then reads
+        (and discards) until the broker closes its end, and only then closes the socket.
+        """
+        import socket
+
         self._closing = True
         if not self.session:
-            self._stop_deliveries(min(timeout, 2.0))
-        self._down.clear()
+            self._stop_deliveries(min(timeout, 2.0))  # less to drain
+        client = self.client
+        # stop the network thread now, not after its select() times out (up to 1 s)
+        client._thread_terminate = True
+        wake = getattr(client, "_sockpairW", None)
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"0")
+        client.loop_stop()
+        sock = client.socket()
+        if sock is None or not self._connected.is_set():
+            return
+        deadline = time.monotonic() + timeout
         try:
-            if self.client.disconnect() == self._mqtt.MQTT_ERR_SUCCESS:
-                # paho writes DISCONNECT on its network thread; stopping the loop before that
-                # (a race seen 2 times in 8 runs) left the socket to the process's exit, and
-                # the broker then replaced the node's final status with its will.
-                self._down.wait(timeout)
+            sock.settimeout(max(0.1, timeout))
+            while client.want_write() and time.monotonic() < deadline:  # acks, publishes paho had queued
+                if client.loop_write() != self._mqtt.MQTT_ERR_SUCCESS:
+                    break
+            sock.sendall(b"\xe0\x00")  # DISCONNECT (MQTT 3.1.1, 3.14)
+            with contextlib.suppress(OSError, ValueError):
+                if not hasattr(sock, "unwrap"):  # a TLS socket cannot half-close below its TLS layer
+                    sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):  # the broker has closed its end: nothing unread remains
+                    break
+        except (OSError, ValueError) as exc:
+            log.debug("%s: while closing: %s", self.client_id, exc)
         finally:
-            self.client.loop_stop()
+            self._connected.clear()
+            self._down.set()
+            with contextlib.suppress(Exception):
+                client._sock_close()
