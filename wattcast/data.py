@@ -5,6 +5,13 @@ Readers accept the UCI file as distributed (``household_power_consumption.txt``,
 or a gzip of it like the shipped sample) and the course's cleaned CSV (with a
 ``Datetime`` column).  Cleaning drops every row with a missing value.
 
+Time order, one policy for offline and live (both see what the reader returns): rows
+are put in time order (a stable sort: a row older than the one before it moves back
+to its place, ``out_of_order`` counts them) and of rows with the same timestamp the
+first in the file is kept (``duplicates_dropped`` counts the others).  Every value is
+checked at read time against the message contract's ranges: a file the live pipeline
+would reject fails here, with its row, before anything starts.
+
 The split: ``size = int(rows * fraction)``, ``start = randint(0, rows - size)``
 from NumPy's legacy Mersenne Twister seeded with ``seed`` (what the notebook's
 ``np.random.seed(1234); np.random.randint(...)`` draws, without touching the
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wattcast.messages import READING_FIELDS, Reading
+from wattcast.messages import READING_FIELDS, READING_MAX, READING_MIN, TS_MAX, TS_MIN, Reading
 
 UCI_COLUMNS = [
     "Global_active_power",
@@ -144,14 +151,48 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     bad = ~np.isfinite(out.to_numpy()).all(axis=1)
     if bad.any():
         raise DataError(f"{path}: row {out.index[int(np.flatnonzero(bad)[0])] + 1}: non-finite value")
+    values = out.to_numpy()
+    outside = (values < READING_MIN) | (values > READING_MAX)
+    if outside.any():
+        r, c = np.argwhere(outside)[0]
+        raise DataError(f"{path}: row {out.index[r] + 1}: {UCI_COLUMNS[c]} out of range "
+                        f"[{READING_MIN:g}, {READING_MAX:g}] of the message contract: {values[r, c]:g}")
     out.insert(0, "datetime", stamp.dt.tz_localize(None) if stamp.dt.tz is not None else stamp)
     # Explicit conversion: pandas 3 stores datetimes in microseconds, not nanoseconds.
     out.insert(1, "ts", ((out["datetime"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)).astype(np.int64))
-    out = out.reset_index(drop=True)
+    ts = out["ts"].to_numpy()
+    bad_ts = (ts < TS_MIN) | (ts > TS_MAX)
+    if bad_ts.any():
+        r = int(np.flatnonzero(bad_ts)[0])
+        raise DataError(f"{path}: row {out.index[r] + 1}: {bad_what} {out['datetime'].iloc[r]} outside the message "
+                        "contract's 1990-01-01 .. 2100-01-01")
     if out.empty:
         raise DataError(f"{path}: no complete rows (every row has a missing value)")
+    # time order and unique timestamps (module docstring): offline and live see the same stream
+    out_of_order = int((ts[1:] < np.maximum.accumulate(ts)[:-1]).sum())
+    if out_of_order:
+        out = out.sort_values("ts", kind="stable")
+    dup = out["ts"].duplicated(keep="first").to_numpy()
+    duplicates = int(dup.sum())
+    if duplicates:
+        out = out[~dup]
+    source_rows = out.index.to_numpy(np.int64)  # 0-based data rows of the file (extract_block copies them)
+    out = out.reset_index(drop=True)
     out.attrs["rows_raw"] = rows_raw
+    out.attrs["out_of_order"] = out_of_order
+    out.attrs["duplicates_dropped"] = duplicates
+    out.attrs["source_rows"] = source_rows
     return out
+
+
+def data_notes(info: dict[str, Any]) -> list[str]:
+    """What the reader changed in the file's order (one line each, for stderr)."""
+    notes = []
+    if info.get("out_of_order"):
+        notes.append(f"{info['out_of_order']} row(s) older than a row before them: put in time order")
+    if info.get("duplicates_dropped"):
+        notes.append(f"{info['duplicates_dropped']} row(s) with the timestamp of an earlier row: dropped (first kept)")
+    return notes
 
 
 # ------------------------------------------------------------------------------ split
@@ -196,6 +237,8 @@ def load_split(path: str | Path | None = None, fraction: float | None = None, se
         "seed": seed,
         "rows_raw": df.attrs.get("rows_raw"),
         "rows_clean": len(df),
+        "out_of_order": df.attrs.get("out_of_order", 0),
+        "duplicates_dropped": df.attrs.get("duplicates_dropped", 0),
         "start_index": start,
         "block": [block["datetime"].iloc[0].strftime(fmt), block["datetime"].iloc[-1].strftime(fmt)],
         "train_rows": len(train),
@@ -229,10 +272,9 @@ def extract_block(source: str | Path, out: str | Path, fraction: float = DEFAULT
         header = fh.readline().strip()
         if header.split(";")[:2] != ["Date", "Time"]:
             raise DataError(f"{source}: extract needs the UCI text format (Date;Time;...), not a CSV")
-        # keep exactly the rows read_meter_file keeps: no '?' and no empty field
-        lines = [ln for ln in (raw.rstrip("\r\n") for raw in fh)
-                 if ln.strip() and all(c not in ("", "?") for c in ln.split(";"))]
-    block = lines[start : start + size]
+        # exactly the rows read_meter_file keeps, in its order (data rows as pandas counts them: no blank lines)
+        lines = [ln for ln in (raw.rstrip("\r\n") for raw in fh) if ln.strip()]
+    block = [lines[k] for k in df.attrs["source_rows"][start : start + size]]
     out.parent.mkdir(parents=True, exist_ok=True)
     text = UCI_HEADER + "\r\n" + "\r\n".join(block) + "\r\n"
     if out.suffix == ".gz":

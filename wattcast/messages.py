@@ -248,6 +248,12 @@ READING_FIELDS = (
 )
 
 
+#: The range of every measurement of a reading (what a data file's values are checked against).
+READING_MIN, READING_MAX = -1e6, 1e6
+#: The range of event timestamps (unix seconds): 1990-01-01 .. 2100-01-01.
+TS_MIN, TS_MAX = _TS_MIN, _TS_MAX
+
+
 @dataclass(frozen=True, slots=True)
 class Reading(_Payload):
     """One meter reading: a minute of the UCI data set (kW, V, A, Wh)."""
@@ -270,7 +276,7 @@ class Reading(_Payload):
         _check_id("house", self.house)
         check_int("seq", self.seq)
         _check_ts("ts", self.ts)
-        _set_floats(self, READING_FIELDS, -1e6, 1e6)
+        _set_floats(self, READING_FIELDS, READING_MIN, READING_MAX)
         if self.sent_at is not None:
             _set_floats(self, ("sent_at",), 0.0, _FLOAT_MAX)
 
