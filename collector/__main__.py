@@ -8,24 +8,29 @@ import sys
 from wattcast.config import (
     ENV_MODELS,
     ENV_STORE,
+    Parser,
     add_node_args,
     broker_from_args,
     env_default,
+    non_negative_float,
+    positive_float,
+    positive_int,
     setup_logging,
 )
 from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m collector", description="Match forecasts to readings and score them.")
+    p = Parser(prog="python -m collector", description="Match forecasts to readings and score them.")
     p.add_argument("--store", default=env_default(ENV_STORE, "wattcast.db"),
                    help=f"SQLite file (env {ENV_STORE}; default %(default)s)")
     models = env_default(ENV_MODELS)
     p.add_argument("--models", nargs="+", choices=MODELS, default=models.split(",") if models else list(MODELS),
                    help=f"models to score (env {ENV_MODELS}, comma-separated; default all)")
-    p.add_argument("--window", type=int, default=60, help="rolling MSE window in minutes of event time (default 60)")
-    p.add_argument("--metrics-every", type=float, default=1.0, help="seconds between metrics publications")
-    p.add_argument("--drain", type=float, default=30.0,
+    p.add_argument("--window", type=positive_int, default=60,
+                   help="rolling MSE window in minutes of event time (default 60)")
+    p.add_argument("--metrics-every", type=positive_float, default=1.0, help="seconds between metrics publications")
+    p.add_argument("--drain", type=non_negative_float, default=30.0,
                    help="seconds to wait at end of stream for missing final forecasts (default 30)")
     p.add_argument("--exit-on-end", action="store_true", help="exit once the stream has ended and is scored")
     add_node_args(p, "collector")

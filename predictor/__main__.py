@@ -12,23 +12,25 @@ from wattcast.config import (
     ENV_MODEL,
     ENV_MODELS_DIR,
     ENV_STATE_DIR,
+    Parser,
     add_node_args,
     broker_from_args,
     env_default,
+    positive_int,
     setup_logging,
 )
 from wattcast.messages import ALL_ENDS, MODELS, house_filter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m predictor", description="Forecast GAP 5 minutes ahead after every reading.")
+    p = Parser(prog="python -m predictor", description="Forecast GAP 5 minutes ahead after every reading.")
     p.add_argument("--model", choices=MODELS, default=env_default(ENV_MODEL), required=env_default(ENV_MODEL) is None,
                    help=f"the model to run (env {ENV_MODEL})")
     p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
     p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
 
-    p.add_argument("--max-batch", type=int, default=512, help="most readings predicted in one call")
+    p.add_argument("--max-batch", type=positive_int, default=512, help="most readings predicted in one call")
     p.add_argument("--state-dir", default=env_default(ENV_STATE_DIR),
                    help="keep every house's state in <dir>/<node>.json, so that a restarted predictor goes on "
                         f"exactly where it stopped (env {ENV_STATE_DIR}; default: in memory only)")

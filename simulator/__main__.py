@@ -12,10 +12,13 @@ from wattcast.config import (
     ENV_MODELS,
     ENV_SPEED,
     ENV_WAIT_FOR,
+    Parser,
     add_data_args,
     add_node_args,
     broker_from_args,
     env_default,
+    positive_float,
+    positive_int,
     setup_logging,
 )
 from wattcast.messages import MODELS
@@ -28,20 +31,20 @@ def parse_speed(value: str) -> float | None:
         speed = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"speed must be a number or 'max', got {value!r}") from None
-    if speed <= 0:
-        raise argparse.ArgumentTypeError("speed must be positive")
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {value!r}")
     return speed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m simulator",
+    p = Parser(prog="python -m simulator",
                                 description="Publish the validation split as per-minute readings.")
     add_data_args(p)
-    p.add_argument("--speed", type=parse_speed, default=parse_speed(env_default(ENV_SPEED, "max")),
+    p.add_argument("--speed", type=parse_speed, default=env_default(ENV_SPEED, "max"),
                    help=f"1 = real time, N = N times faster, max = as fast as flow control allows (env {ENV_SPEED})")
-    p.add_argument("--houses", type=int, default=int(env_default(ENV_HOUSES, "1")),
+    p.add_argument("--houses", type=positive_int, default=env_default(ENV_HOUSES, "1"),
                    help=f"number of meters replayed at once (env {ENV_HOUSES}; default %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
     awaited = env_default(ENV_MODELS)
     p.add_argument("--await-models", nargs="*", choices=MODELS, metavar="MODEL",
@@ -56,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-for", nargs="*", metavar="NODE", default=waits.split(",") if waits else [],
                    help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
                         f"(env {ENV_WAIT_FOR}, comma-separated)")
-    p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    p.add_argument("--wait-timeout", type=positive_float, default=300.0, help="seconds to wait for them (default 300)")
+    p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
                         "slowest model; smaller = lower forecast latency, larger = faster replay "
                         f"(default {DEFAULT_WINDOW})")

@@ -66,27 +66,43 @@ def house_ids(count: int) -> list[str]:
 
 @dataclass
 class HouseStream:
+    """One house's readings, made on demand from the split's arrays (shared by every house).
+
+    House ``k`` reads row ``(i + offset) % rows`` for its ``i``-th reading; with ``restamp``
+    its timestamps are consecutive minutes from the split's first one.  Nothing is copied
+    per house: memory grows with the readings replayed, not with houses x split.
+    """
+
     house: str
-    ts: np.ndarray  # int64 unix seconds
-    values: np.ndarray  # (n, 7) float64, READING_FIELDS order
+    ts: np.ndarray  # int64 unix seconds of the split (shared)
+    values: np.ndarray  # (n, 7) float64, READING_FIELDS order (shared)
+    offset: int = 0
+    restamp: bool = False
+    length: int | None = None  # readings of this house (default: len(ts))
+
+    def __post_init__(self) -> None:
+        if self.length is None:
+            self.length = len(self.ts)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def ts_at(self, i: int) -> int:
+        if self.restamp:
+            return int(self.ts[0]) + 60 * i
+        return int(self.ts[(i + self.offset) % len(self.ts)])
+
+    def values_at(self, i: int) -> list[float]:
+        return self.values[(i + self.offset) % len(self.values)].tolist()
 
 
 def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
     n = len(val)
     ts = val["ts"].to_numpy(np.int64)
     values = val[list(READING_FIELDS)].to_numpy(np.float64)
-    streams = []
-    for k, house in enumerate(house_ids(houses)):
-        offset = (k * n) // houses
-        if offset == 0:
-            h_ts, h_values = ts, values
-        else:
-            h_values = np.roll(values, -offset, axis=0)
-            h_ts = ts[0] + 60 * np.arange(n, dtype=np.int64)
-        if limit is not None:
-            h_ts, h_values = h_ts[:limit], h_values[:limit]
-        streams.append(HouseStream(house, h_ts, h_values))
-    return streams
+    length = n if limit is None else min(n, limit)
+    return [HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
+            for k, house in enumerate(house_ids(houses))]
 
 
 def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
@@ -102,9 +118,9 @@ def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
     """
     pacing, longest = [], 0
     for s in reversed(streams):
-        if len(s.ts) > longest:
+        if len(s) > longest:
             pacing.append(s)
-            longest = len(s.ts)
+            longest = len(s)
     return pacing
 
 
@@ -140,8 +156,8 @@ class Simulator:
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> int:
         """Publish every reading, then an end-of-stream per house; returns the readings published."""
-        minutes = max(len(s.ts) for s in self.streams)
-        total = sum(len(s.ts) for s in self.streams)
+        minutes = max(len(s) for s in self.streams)
+        total = sum(len(s) for s in self.streams)
         start = time.monotonic()
         next_report = start + 2.0
         seconds_per_minute = None if self.speed is None else 60.0 / self.speed
@@ -158,9 +174,9 @@ class Simulator:
                 self._await_window(i - max(1, self.window // len(self.streams)), stop)
             with self.bus.batched():  # one minute of every house
                 for s in self.streams:
-                    if i >= len(s.ts):
+                    if i >= len(s):
                         continue
-                    reading = Reading(s.house, i, int(s.ts[i]), *s.values[i].tolist(), sent_at=time.time())
+                    reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time())
                     self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
                     self.published += 1
             now = time.monotonic()
@@ -171,8 +187,8 @@ class Simulator:
                 next_report = now + 2.0
         else:
             for s in self.streams:
-                if len(s.ts):
-                    end = EndOfStream(s.house, len(s.ts), len(s.ts) - 1, int(s.ts[-1]))
+                if len(s):
+                    end = EndOfStream(s.house, len(s), len(s) - 1, s.ts_at(len(s) - 1))
                     self.bus.publish(end.topic, end.to_json(), qos=1)
         self.bus.flush(timeout=60)
         elapsed = time.monotonic() - start
@@ -182,7 +198,7 @@ class Simulator:
 
     def _last_house(self, seq: int) -> str | None:
         """The house published last in minute ``seq`` (None after the end of every stream)."""
-        return next((s.house for s in reversed(self.streams) if seq < len(s.ts)), None)
+        return next((s.house for s in reversed(self.streams) if seq < len(s)), None)
 
     def _await_window(self, seq: int, stop: Callable[[], bool]) -> None:
         """Block until every awaited model has forecast, and every awaited node handled, minute ``seq``.

@@ -21,16 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from wattcast.config import positive_int
 from wattcast.messages import MODELS
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", nargs="+", choices=("default", "houses"), default=["default", "houses"])
-    p.add_argument("--houses", type=int, default=50, help="meters of the multi-house scenario (default 50)")
-    p.add_argument("--minutes", type=int, default=1440, help="readings per meter there (default 1440 = 1 day)")
+    p.add_argument("--houses", type=positive_int, default=50, help="meters of the multi-house scenario (default 50)")
+    p.add_argument("--minutes", type=positive_int, default=1440, help="readings per meter there (default 1440 = 1 day)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL")
     p.add_argument("--broker", default=None, help="use this broker instead of a private one")
-    p.add_argument("--window", type=int, default=None, help="simulator flow-control window (default: its own)")
+    p.add_argument("--window", type=positive_int, default=None, help="simulator flow-control window (default: its own)")
     p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
 
 

@@ -189,8 +189,11 @@ class PrivateBroker:
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.kind} on {self.url}\n".encode())
             log.flush()
+            # its own session: a Ctrl-C at the terminal (SIGINT to the foreground process group)
+            # must not stop the broker under the nodes; its owner stops it, last
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.start_timeout
         while True:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from wattcast import __version__
-from wattcast.config import ENV_MODELS_DIR, add_broker_args, add_data_args
+from wattcast.config import ENV_MODELS_DIR, Parser, add_broker_args, add_data_args, positive_float, positive_int
 from wattcast.messages import MODELS
 
 
@@ -132,7 +132,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wattcast", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = Parser(prog="wattcast", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"wattcast {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, choices=["lstm", "lstm-augmented", "all"])
     add_data_args(t)
     t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the course's 100)")
+    t.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the course's 100)")
     t.add_argument("--units", default=None, help="LSTM units, comma-separated (default: the course's)")
     t.add_argument("--train-seed", type=int, default=1234, help="seed of weights and shuffling (default %(default)s)")
     t.set_defaults(func=cmd_train)
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="follow the metrics of a running deployment")
     add_broker_args(w)
     w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
-    w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    w.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
 
     bk = sub.add_parser("broker", help="credentials of the compose deployment's broker")

@@ -7,6 +7,7 @@ below them receive plain values.  Every variable is documented in the README.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 
@@ -28,11 +29,80 @@ ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
 ENV_STATE_DIR = "WATTCAST_STATE_DIR"
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: ``<name>: error: ...``, exit 2, no traceback.
+
+    ``<name>`` is ``wattcast`` for every subcommand and the node's name for
+    ``python -m simulator|predictor|collector``.  Environment defaults go through the
+    same type checks as flags (argparse converts a string default with ``type``), so a
+    bad ``WATTCAST_HOUSES=x`` is a usage error too, named with its flag.
+    """
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        name = self.prog.split()[-1] if self.prog.startswith("python") else self.prog.split()[0]
+        self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _number(value: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return x
+
+
+def positive_float(value: str) -> float:
+    x = _number(value)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return x
+
+
+def non_negative_float(value: str) -> float:
+    x = _number(value)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return x
+
+
+def fraction(value: str) -> float:
+    x = _number(value)
+    if not 0.0 < x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return x
+
+
+def broker_url(value: str) -> str:
+    try:
+        BrokerConfig.from_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return value.upper()
+
+
 def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,
                     required: bool = False) -> None:
     env = os.environ if env is None else env
     default = env.get(ENV_BROKER) or (None if required else "mqtt://127.0.0.1:1883")
-    parser.add_argument("--broker", default=default, required=required and default is None,
+    parser.add_argument("--broker", default=default, required=required and default is None, type=broker_url,
                         help=f"MQTT broker URL mqtt://host:port (env {ENV_BROKER}; default %(default)s)")
     parser.add_argument("--username", default=env.get(ENV_USERNAME), help=f"MQTT user name (env {ENV_USERNAME})")
     parser.add_argument("--password", default=env.get(ENV_PASSWORD), help=f"MQTT password (env {ENV_PASSWORD})")
@@ -47,7 +117,7 @@ def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
     parser.add_argument("--data", default=env.get(ENV_DATA),
                         help="meter data: the UCI .txt, its .zip, a .txt.gz, or the course's cleaned CSV "
                              f"(env {ENV_DATA}; default: the shipped 20,492-row sample)")
-    parser.add_argument("--fraction", type=float, default=None,
+    parser.add_argument("--fraction", type=fraction, default=None,
                         help="share of the cleaned rows to keep as one contiguous block "
                              "(default 0.01 of a data file; 1.0 of the shipped sample, which is that block)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the block's start (default %(default)s)")
@@ -55,7 +125,7 @@ def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
 
 def add_log_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
-    parser.add_argument("--log-level", default=env.get(ENV_LOG_LEVEL, "INFO"),
+    parser.add_argument("--log-level", default=env.get(ENV_LOG_LEVEL, "INFO"), type=log_level,
                         help=f"DEBUG, INFO, WARNING or ERROR (env {ENV_LOG_LEVEL}; default %(default)s)")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wattcast.bus import BrokerConfig, MqttBus
-from wattcast.config import ENV_MODELS_DIR, add_data_args
+from wattcast.config import ENV_MODELS_DIR, add_data_args, positive_float, positive_int
 from wattcast.messages import ALL_METRICS, ALL_STATUS, MODELS, MessageError, Metrics, Status, decode
 
 
@@ -45,13 +45,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="models to run (default: all four)")
     p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
-    p.add_argument("--houses", type=int, default=1, help="meters replayed at once (default 1)")
-    p.add_argument("--limit", type=int, default=None, help="readings per house (default: the whole split)")
-    p.add_argument("--window", type=int, default=None,
-                   help="at max speed, readings per house ahead of the slowest model (default: the simulator's)")
+    p.add_argument("--houses", type=positive_int, default=1, help="meters replayed at once (default 1)")
+    p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument("--window", type=positive_int, default=None,
+                   help="at max speed, readings in flight ahead of the slowest model, all houses together "
+                        "(at least one minute of each; default: the simulator's 10)")
     p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
     p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
+    p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -169,39 +170,67 @@ def scores_from_store(db_path: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
     """Run the pipeline; returns the result dict (what ``--json`` prints)."""
-    from wattcast.broker import PrivateBroker
 
     say = progress or (lambda line: None)
     if view is not None and progress is not None:
         say = view.log  # keeps the table intact on a terminal
     t0 = time.monotonic()
+    # Everything that can be checked is checked before anything starts: the data (read and
+    # validated: a bad value fails here naming file and row), and what the machine can do.
+    from wattcast.capacity import Plan, check
+    from wattcast.data import data_notes, load_split
+
+    split = load_split(args.data, args.fraction, args.seed)
+    for note in data_notes(split.info):
+        say(f"data: {note}")
+    minutes = len(split.val) if args.limit is None else min(args.limit, len(split.val))
+    check(Plan(args.houses, minutes, len(args.models), args.speed), args.timeout)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     store_path = Path(args.store) if args.store else Path("runs") / stamp / "wattcast.db"
-    store_path.parent.mkdir(parents=True, exist_ok=True)
     if store_path.exists():
         raise RunError(f"{store_path} exists; pass another --store (a store holds one run)")
     # the predictors' state belongs to this store's run: an old one would make them skip every reading
     state_dir = store_path.parent / f"{store_path.stem}-state"
     if state_dir.exists():
         raise RunError(f"{state_dir} exists (predictor state of an earlier run); remove it or pass another --store")
+    created = not store_path.parent.exists()  # removed again if the run fails before its nodes start
+    store_path.parent.mkdir(parents=True, exist_ok=True)
     log_dir = store_path.parent / "logs"
     log_dir.mkdir(exist_ok=True)
+    try:
+        return _run(args, say, view, t0, store_path, state_dir, log_dir, len(split.val))
+    except _StartError as exc:
+        if created:
+            import shutil
+
+            shutil.rmtree(store_path.parent, ignore_errors=True)
+        raise RunError(str(exc)) from None
+
+
+class _StartError(RunError):
+    """The run failed before any node started: nothing of it is worth keeping."""
+
+
+def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, val_rows: int) -> dict[str, Any]:
+    from wattcast.broker import PrivateBroker
 
     broker = None
+    # Node ids (and MQTT client ids wattcast-<id>) are the same in every run and on any broker:
+    # collector, predictor-<model>, simulator (docs/deployment.md); with --broker, the statuses
+    # they leave retained are cleared at the end.
+    suffix = ""
     if args.broker:
         config = BrokerConfig.from_url(args.broker, args.username, args.password)
         broker_kind = "external"
-        suffix = f"-{os.getpid()}"  # never take over the client ids of another deployment
     else:
         try:
             # its config, log and database stay with the run's store and node logs
             broker = PrivateBroker(prefer=args.broker_kind, workdir=store_path.parent / "broker")
             broker.start()
         except RuntimeError as exc:  # no broker installed, or it would not start: its log says why
-            raise RunError(" | ".join(str(exc).strip().splitlines()[-3:])) from None
+            raise _StartError(" | ".join(str(exc).strip().splitlines()[-3:])) from None
         config = BrokerConfig(broker.host, broker.port)
         broker_kind = broker.kind
-        suffix = ""
     say(f"broker: {broker_kind} at {config.url}" + (f" (log {broker.log_path})" if broker else ""))
 
     env = dict(os.environ)
@@ -219,8 +248,12 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
 
     children: list[Child] = []
     watcher_bus = MqttBus(config, client_id=f"wattcast-runner-{os.getpid()}", session=False)
+    our_nodes: list[str] = []
     try:
-        watcher_bus.connect()
+        try:
+            watcher_bus.connect()
+        except ConnectionError as exc:
+            raise _StartError(str(exc)) from None
         watcher = Watcher(watcher_bus, since=time.time() - 1, view=view)
         watcher_bus.subscribe(ALL_STATUS, *([ALL_METRICS] if view is not None else []))
 
@@ -250,6 +283,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
         simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
         children.append(simulator)
         waiting = [collector_node, *predictor_nodes.values(), simulator_node]
+        our_nodes = waiting
         deadline = time.monotonic() + 120
         while True:
             watcher.poll()
@@ -313,10 +347,24 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
                                                           models_dir=Path(args.models_dir) if args.models_dir else None)]
         return out
     finally:
-        _stop(children)
+        _stop(children)  # nodes first, while the broker still takes their final statuses
+        if args.broker and our_nodes:
+            _clear_statuses(watcher_bus, our_nodes)
         watcher_bus.close()
         if broker is not None:
             broker.close()
+
+
+def _clear_statuses(bus: MqttBus, nodes: list[str]) -> None:
+    """Remove the retained statuses a finished run leaves on a shared broker (an empty retained payload)."""
+    from wattcast.messages import status_topic
+
+    try:
+        for node in nodes:
+            bus.publish(status_topic(node), b"", qos=1, retain=True)
+        bus.flush(timeout=5)
+    except Exception as exc:  # the run's result matters more than this clean-up
+        print(f"wattcast: warning: could not clear the retained statuses: {exc}", file=sys.stderr)
 
 
 def format_table(result: dict[str, Any]) -> str:
