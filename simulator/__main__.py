@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--houses", type=positive_int, default=env_default(ENV_HOUSES, "1"),
                    help=f"number of meters replayed at once (env {ENV_HOUSES}; default %(default)s)")
     p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
-    p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1,
+                   help="MQTT QoS of the readings: 1 = at least once (default), 0 = at most once")
     awaited = env_default(ENV_MODELS)
     p.add_argument("--await-models", nargs="*", choices=MODELS, metavar="MODEL",
                    default=awaited.split(",") if awaited else [],

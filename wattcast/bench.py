@@ -26,7 +26,8 @@ from wattcast.messages import MODELS
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenarios", nargs="+", choices=("default", "houses"), default=["default", "houses"])
+    p.add_argument("--scenarios", nargs="+", choices=("default", "houses"), default=["default", "houses"],
+                   help="default: the default split, 1 house; houses: --houses meters x --minutes (default: both)")
     p.add_argument("--houses", type=positive_int, default=50, help="meters of the multi-house scenario (default 50)")
     p.add_argument("--minutes", type=positive_int, default=1440, help="readings per meter there (default 1440 = 1 day)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL")

@@ -1,4 +1,4 @@
-"""The ``wattcast`` command: one entry point, one subcommand per job."""
+"""The wattcast command: one entry point, one subcommand per job."""
 
 from __future__ import annotations
 
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_data_extract)
 
     t = sub.add_parser("train", help="train an LSTM model and write its artifact (needs TensorFlow)")
-    t.add_argument("--model", required=True, choices=["lstm", "lstm-augmented", "all"])
+    t.add_argument("--model", required=True, choices=["lstm", "lstm-augmented", "all"],
+                   help="the LSTM model to train, or all of them")
     add_data_args(t)
     t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")
     t.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the course's 100)")
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score every model on the validation split")
     add_data_args(e)
-    e.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL")
+    e.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
+                   help=f"models to score ({', '.join(MODELS)}; default: all)")
     e.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
     e.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
     e.add_argument("--json", action="store_true", help="print JSON")

@@ -61,6 +61,34 @@ class LiveTable:
         self._counted: dict[str, int] = {}
         #: per model: (clock, counted) samples for the rate
         self._samples: dict[str, deque[tuple[float, int]]] = {}
+        #: readings handled so far / in all (set by whoever knows the total: ``wattcast run``)
+        self.done: int | None = None
+        self.total: int | None = None
+        self._done_samples: deque[tuple[float, int]] = deque()
+
+    def set_progress(self, done: int, total: int) -> None:
+        """Readings the pipeline has handled (the collector's progress) out of ``total``."""
+        now = self.clock()
+        if self.done is not None and done < self.done:
+            return  # an older progress message
+        self.done, self.total = done, total
+        self._done_samples.append((now, done))
+        while len(self._done_samples) > 2 and self._done_samples[1][0] <= now - self.rate_window:
+            self._done_samples.popleft()
+
+    def progress_text(self, now: float | None = None) -> str | None:
+        """``readings 1,234/4,099 (30 %), 1,010/s, ETA 3 s`` (None before any progress)."""
+        if self.done is None or not self.total:
+            return None
+        now = self.clock() if now is None else now
+        text = f"readings {self.done:,}/{self.total:,} ({100 * self.done / self.total:.0f} %)"
+        (t0, n0), n1 = self._done_samples[0], self._done_samples[-1][1]
+        rate = (n1 - n0) / (now - t0) if now > t0 and n1 > n0 else 0.0
+        if rate > 0:
+            left = max(0, self.total - self.done) / rate
+            eta = f"{left / 60:.0f} min" if left >= 120 else f"{left:.0f} s"
+            text += f", {rate:,.0f}/s, ETA {eta}"
+        return text
 
     def update(self, m: Metrics) -> bool:
         """Take one metrics message; False if it is older than the one already held (redelivery)."""
@@ -147,6 +175,11 @@ class LiveTable:
                        f"{x.rate:>8.1f}{x.unmatched:>10}")
         if not lines:
             out.append("(no metrics yet)")
+        progress = self.progress_text(now)
+        if progress:
+            out.insert(1, progress)
+        if lines:
+            out.append(f"rolling MSE = last {window} min of meter time; unmatched = no reading at the target")
         if self.nodes:
             online = sorted(n for n, s in self.nodes.items() if s.state == "online")
             offline = len(self.nodes) - len(online)
@@ -156,7 +189,11 @@ class LiveTable:
         return "\n".join(out)
 
     def summary_line(self, now: float | None = None) -> str:
-        """The table on one line (for logs)."""
+        """The table on one line (for logs); with progress, that and each model's MSE so far."""
+        progress = self.progress_text(now)
+        if progress is not None:
+            mses = ", ".join(f"{x.model} {_num(x.mse)}" for x in self.lines(now))
+            return progress + (f"; MSE so far: {mses}" if mses else "")
         parts = [f"{x.model} n={x.n} roll={_num(x.rolling_mse)} mse={_num(x.mse)} {x.rate:.1f}/s"
                  for x in self.lines(now)]
         return " | ".join(parts) if parts else "no metrics yet"
@@ -255,8 +292,17 @@ class LiveView:
         except (ValueError, OSError):  # closed stream / broken pipe: the view is optional
             pass
 
-    def close(self) -> None:
-        """Final state: the table in place on a terminal; on a log, the whole table once."""
+    def close(self, final_table: bool = True) -> None:
+        """Final state: the table in place on a terminal; on a log, the whole table once.
+
+        ``final_table=False`` (``wattcast run``, which prints its own summary): the table
+        is erased from a terminal and not repeated on a log.
+        """
+        if not final_table:
+            if self.tty and self._drawn_lines:
+                self._write(f"\x1b[{self._drawn_lines}A\r\x1b[J")
+            self._drawn_lines = 0
+            return
         if self.tty:
             self.refresh(force=True)
             self._drawn_lines = 0  # final: later lines go below it

@@ -24,7 +24,17 @@ from typing import Any
 
 from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.config import ENV_MODELS_DIR, add_data_args, positive_float, positive_int
-from wattcast.messages import ALL_METRICS, ALL_STATUS, MODELS, MessageError, Metrics, Status, decode
+from wattcast.messages import (
+    ALL_METRICS,
+    ALL_STATUS,
+    MODELS,
+    MessageError,
+    Metrics,
+    Progress,
+    Status,
+    decode,
+    progress_topic,
+)
 
 
 class RunError(RuntimeError):
@@ -79,6 +89,8 @@ class Watcher:
     since: float
     statuses: dict[str, Status] = field(default_factory=dict)
     view: Any = None  # a wattcast.live.LiveView, fed with every Metrics
+    houses: int = 1
+    total: int = 0  # readings of the whole replay (for the view's progress line)
 
     def poll(self) -> None:
         while not self.bus.inbox.empty():
@@ -96,6 +108,10 @@ class Watcher:
                     self.statuses[msg.node] = msg
             elif isinstance(msg, Metrics) and self.view is not None:
                 self.view.update(msg)
+            elif isinstance(msg, Progress) and self.view is not None and self.total:
+                # the collector has stored minute seq up to this house (houses go h000, h001, ... each minute)
+                k = int(msg.house[1:]) if msg.house[1:].isdigit() else self.houses - 1
+                self.view.table.set_progress(min(self.total, msg.seq * self.houses + k + 1), self.total)
 
     def wait_offline(self, nodes: list[str], timeout: float) -> None:
         """Give stopped nodes a moment for their final status (with their final counters) to arrive."""
@@ -198,7 +214,7 @@ def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
     log_dir = store_path.parent / "logs"
     log_dir.mkdir(exist_ok=True)
     try:
-        return _run(args, say, view, t0, store_path, state_dir, log_dir, len(split.val))
+        return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes)
     except _StartError as exc:
         if created:
             import shutil
@@ -211,7 +227,7 @@ class _StartError(RunError):
     """The run failed before any node started: nothing of it is worth keeping."""
 
 
-def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, val_rows: int) -> dict[str, Any]:
+def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int) -> dict[str, Any]:
     from wattcast.broker import PrivateBroker
 
     broker = None
@@ -254,10 +270,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             watcher_bus.connect()
         except ConnectionError as exc:
             raise _StartError(str(exc)) from None
-        watcher = Watcher(watcher_bus, since=time.time() - 1, view=view)
-        watcher_bus.subscribe(ALL_STATUS, *([ALL_METRICS] if view is not None else []))
-
+        watcher = Watcher(watcher_bus, since=time.time() - 1, view=view, houses=args.houses, total=total)
         collector_node = f"collector{suffix}"
+        watcher_bus.subscribe(ALL_STATUS, *([ALL_METRICS, progress_topic(collector_node)] if view is not None else []))
+
         children.append(_spawn("collector", "collector", [
             *common, "--store", str(store_path), "--models", *args.models, "--exit-on-end",
             "--node", collector_node, "--metrics-every", "0.5"], log_dir, env))
@@ -312,7 +328,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         replay_s = time.monotonic() - t_replay
         if view is not None:
             watcher.poll()
-            view.close()  # the final table
+            view.close(final_table=False)  # the summary below is the one final table
         if collector.proc.returncode != 0:
             raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
         simulator.proc.wait(30)
@@ -368,10 +384,16 @@ def _clear_statuses(bus: MqttBus, nodes: list[str]) -> None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"{'model':<16}{'n':>7}{'MSE':>9}{'RMSE':>9}{'MAE':>9}{'unmatched':>11}{'pending':>9}"]
+    """The one summary of a run: per model, and what the counts mean."""
+    houses = result.get("houses", 1)
+    lines = [f"scores over {houses} house(s), every forecast scored against the reading at its target minute "
+             "(issued + 5 min), kW²/kW:",
+             f"{'model':<16}{'n':>7}{'MSE':>9}{'RMSE':>9}{'MAE':>9}{'unmatched':>11}{'pending':>9}"]
     for model, r in result["models"].items():
         lines.append(f"{model:<16}{r.get('n', 0):>7}{r.get('mse', math.nan):>9.4f}{r.get('rmse', math.nan):>9.4f}"
                      f"{r.get('mae', math.nan):>9.4f}{r.get('unmatched', 0):>11}{r.get('pending', 0):>9}")
+    lines.append("n = matched forecasts; unmatched = no reading at the target minute (a gap in the data); "
+                 "pending = target after the last reading (5 per house: normal)")
     lines.append(f"published {result['published']} readings, collector received {result['received']} messages, "
                  f"malformed {result['malformed']}")
     lines.append(f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, "
