@@ -30,7 +30,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="default: the default split, 1 house; houses: --houses meters x --minutes (default: both)")
     p.add_argument("--houses", type=positive_int, default=50, help="meters of the multi-house scenario (default 50)")
     p.add_argument("--minutes", type=positive_int, default=1440, help="readings per meter there (default 1440 = 1 day)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help="models to run (default: all)")
     p.add_argument("--broker", default=None, help="use this broker instead of a private one")
     p.add_argument("--window", type=positive_int, default=None, help="simulator flow-control window (default: its own)")
     p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
