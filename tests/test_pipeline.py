@@ -232,7 +232,7 @@ def test_run_replays_many_houses(module_broker, val, tmp_path):
 def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(tmp_path / "c.db"),
-         "--speed", "60", "--models", "persistence"],
+         "--speed", "60", "--limit", "600", "--models", "persistence"],  # 10 min: within --timeout
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     try:

@@ -274,6 +274,8 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         collector_node = f"collector{suffix}"
         watcher_bus.subscribe(ALL_STATUS, *([ALL_METRICS, progress_topic(collector_node)] if view is not None else []))
 
+        if args.broker:
+            _reset_sessions(config, [collector_node, *(f"predictor-{m}{suffix}" for m in args.models)])
         children.append(_spawn("collector", "collector", [
             *common, "--store", str(store_path), "--models", *args.models, "--exit-on-end",
             "--node", collector_node, "--metrics-every", "0.5"], log_dir, env))
@@ -369,6 +371,23 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         watcher_bus.close()
         if broker is not None:
             broker.close()
+
+
+def _reset_sessions(config: BrokerConfig, nodes: list[str]) -> None:
+    """Discard what a shared broker still holds for these node ids from an earlier run.
+
+    The ids are stable, and the collector's and predictors' sessions persistent (for restarts
+    within a run): an earlier run that did not finish would otherwise hand this one its queued
+    readings, forecasts and end of stream.  A clean-session connection under the same client
+    id discards the stored session (MQTT 3.1.1, 3.1.2.4).
+    """
+    for node in nodes:
+        bus = MqttBus(config, client_id=f"wattcast-{node}", session=False)
+        try:
+            bus.connect(timeout=10)
+        except ConnectionError as exc:
+            raise _StartError(str(exc)) from None
+        bus.close()
 
 
 def _clear_statuses(bus: MqttBus, nodes: list[str]) -> None:
