@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     from simulator.replay import Simulator, house_streams, wait_for_nodes
-    from wattcast.data import DataError, load_split
+    from wattcast.data import DataError, data_notes, load_split
     from wattcast.messages import status_topic
     from wattcast.node import NodeStats, StopFlag, connect, process_age_s, settle_heap, status
 
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.houses < 1:
             raise ValueError("--houses must be at least 1")
         split = load_split(args.data, args.fraction, args.seed)
+        for note in data_notes(split.info):
+            print(f"simulator: data: {note}", file=sys.stderr)
         streams = house_streams(split.val, args.houses, args.limit)
         # A clean session: a persistent one could hand a new replay forecasts queued during an old one.
         bus = connect(broker_from_args(args), args.node, "simulator", session=False)

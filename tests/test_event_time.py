@@ -163,3 +163,14 @@ def test_live_equals_offline_on_the_full_data_sets_seed_43_window_with_its_gap(t
     ts = val["ts"].to_numpy()
     assert (np.diff(ts) > 60).sum() >= 1  # the window has a gap (4 minutes at validation row 874)
     _live_against_offline(block, tmp_path)
+
+
+def test_evaluate_says_what_the_reader_changed(tmp_path):
+    path = tmp_path / "messy.txt"
+    messy_file(path)
+    out = subprocess.run([sys.executable, "-m", "wattcast", "evaluate", "--data", str(path), "--fraction", "1",
+                          "--models", "persistence"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "wattcast: data: 3 row(s) older than a row before them: put in time order",
+        "wattcast: data: 3 row(s) with the timestamp of an earlier row: dropped (first kept)"], out.stderr

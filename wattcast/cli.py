@@ -79,6 +79,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wattcast.forecasters import load_model
 
     split = load_split(args.data, args.fraction, args.seed)
+    from wattcast.data import data_notes
+
+    for note in data_notes(split.info):
+        print(f"wattcast: data: {note}", file=sys.stderr)
     results = {}
     for name in args.models:
         model = load_model(name, _models_dir(args.models_dir), mu=args.mu)
@@ -219,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wattcast: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `wattcast evaluate | head -3`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, DataError, ArtifactError, ConnectionError, ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"wattcast: error: {msg}", file=sys.stderr)
