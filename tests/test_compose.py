@@ -290,7 +290,7 @@ class Deployment:
         service = self.services[name]
         if name == BROKER_SERVICE:
             conf = self.localize(name, service["command"][-1])
-            assert Path(conf) == DEPLOYMENT_CONF, conf
+            assert Path(conf).resolve() == DEPLOYMENT_CONF.resolve(), conf
             data = self.localize(name, CONTAINER_DATA_DIR)
             self.broker = secured_private_broker(self.localize(name, CONTAINER_AUTH_DIR), workdir=data,
                                                  prefer="mosquitto").start()

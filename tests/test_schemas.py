@@ -248,15 +248,29 @@ def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, valid
                             "--json", "--quiet", "--store", str(tmp_path / "w.db")],
                            capture_output=True, text=True, cwd=REPO, env=env, timeout=180)
         assert r.returncode == 0, r.stderr[-2000:]
-        time.sleep(0.5)
+        # the run's last messages are the empty retained payloads clearing its 6 nodes' statuses
+        got: list = []
+        deadline = time.monotonic() + 60
+        while sum(1 for _t, p in got if not p) < 6 and time.monotonic() < deadline:
+            try:
+                got.append(captured.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        for item in got[::-1]:
+            captured.queue.appendleft(item)
     finally:
         client.disconnect()
         client.loop_stop()
 
     by_kind: dict[str, list] = {k: [] for k in KINDS}
+    cleared = set()
     while not captured.empty():
         topic, payload = captured.get()
         kind = messages.parse_topic(topic)[0]
+        if not payload:  # an empty retained payload removes a retained status (docs/contract.md)
+            assert kind == "status", topic
+            cleared.add(topic)
+            continue
         obj = json.loads(payload)
         errors = sorted(validators[kind].iter_errors(obj), key=str)
         assert not errors, f"{topic} {payload[:200]!r}: {errors[0].message}"
@@ -269,6 +283,8 @@ def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, valid
     # the collector's progress paced the replay: it got to the last reading
     assert by_kind["progress"] and max(p["seq"] for p in by_kind["progress"]) == 199
     assert {s["state"] for s in by_kind["status"]} == {"online", "offline"}
+    # the run clears the retained statuses of its nodes at the end
+    assert cleared == {messages.status_topic(s["node"]) for s in by_kind["status"]}, cleared
     assert {m["model"] for m in by_kind["metrics"]} == set(messages.MODELS)
     assert all(math.isfinite(m["mse"]) for m in by_kind["metrics"])
     # The last will a node leaves with the broker (state offline, no counters).

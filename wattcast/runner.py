@@ -88,6 +88,7 @@ class Watcher:
     bus: MqttBus
     since: float
     statuses: dict[str, Status] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)  # nodes seen online in this run (they may have finished since)
     view: Any = None  # a wattcast.live.LiveView, fed with every Metrics
     houses: int = 1
     total: int = 0  # readings of the whole replay (for the view's progress line)
@@ -106,6 +107,8 @@ class Watcher:
                         # a last will carries no counters: keep the node's final ones
                         msg = Status(msg.node, msg.state, msg.role, msg.ts, before.counters)
                     self.statuses[msg.node] = msg
+                    if msg.state == "online":
+                        self.started.add(msg.node)
             elif isinstance(msg, Metrics) and self.view is not None:
                 self.view.update(msg)
             elif isinstance(msg, Progress) and self.view is not None and self.total:
@@ -305,13 +308,14 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         deadline = time.monotonic() + 120
         while True:
             watcher.poll()
-            if all(watcher.online(n) for n in waiting):
+            # a short replay can be over (the simulator online, then offline) between two polls
+            if all(n in watcher.started for n in waiting):
                 break
             for c in children:
-                if c.proc.poll() is not None:
+                if c.proc.poll() is not None and not (c.proc.returncode == 0 and c.name in watcher.started):
                     raise RunError(f"{c.name} exited with code {c.proc.returncode} at start-up: {c.tail(2)}")
             if time.monotonic() > deadline:
-                late = [n for n in waiting if not watcher.online(n)]
+                late = [n for n in waiting if n not in watcher.started]
                 raise RunError(f"nodes not online after 120 s: {', '.join(late)}")
             time.sleep(0.02)
         startup_s = time.monotonic() - t0
