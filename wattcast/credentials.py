@@ -53,6 +53,9 @@ USERS: dict[str, str] = {
     "collector": "collector",
     "viewer": "viewer",
 }
+#: The users of a ``wattcast run`` private broker: the nodes' and viewer's, and ``runner``,
+#: the run's own read-only watcher (statuses, metrics, progress; see mosquitto/acl).
+RUN_USERS: dict[str, str] = {**USERS, "runner": "runner"}
 ENV_PREFIX = "WATTCAST_PASSWORD_"
 #: PBKDF2 iterations of mosquitto_passwd (mosquitto 2.0 ``$7$`` hashes).
 PBKDF2_ITERATIONS = 101
@@ -92,7 +95,7 @@ def verify_password(password: str, hashed: str) -> bool:
     return hash_password(password, base64.b64decode(salt), int(iterations)) == hashed
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (atomically replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -111,7 +114,7 @@ def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> Path:
             raise CredentialsError(f"bad user name or empty password for {user!r}")
         lines.append(f"{user}:{hash_password(password)}\n")
     path = Path(path)
-    _write_private(path, "".join(lines))
+    write_private(path, "".join(lines))
     return path
 
 
@@ -180,7 +183,7 @@ def update_env_file(path: str | Path, passwords: Mapping[str, str]) -> Path:
     else:
         out.append("# MQTT passwords of the wattcast compose deployment (wattcast broker passwd). Never commit.")
     out.extend(f"{k}={v}" for k, v in wanted.items())
-    _write_private(path, "\n".join(out) + "\n")
+    write_private(path, "\n".join(out) + "\n")
     return path
 
 
@@ -212,7 +215,7 @@ def prepare_auth_dir(auth_dir: str | Path, passwords: Mapping[str, str], acl: st
     """What the compose init step makes, in Python: ``auth_dir/passwd`` and ``auth_dir/acl`` (mode 600)."""
     auth_dir = Path(auth_dir)
     write_password_file(auth_dir / "passwd", passwords)
-    _write_private(auth_dir / "acl", Path(acl).read_text())
+    write_private(auth_dir / "acl", Path(acl).read_text())
     return auth_dir
 
 
@@ -227,7 +230,7 @@ def secured_private_broker(auth_dir: str | Path, passwords: Mapping[str, str] | 
 
     if passwords is not None:
         prepare_auth_dir(auth_dir, passwords)
-    return PrivateBroker(common=False, extra_conf=deployment_conf(auth_dir), **kwargs)
+    return PrivateBroker(common=False, anonymous=False, extra_conf=deployment_conf(auth_dir), **kwargs)
 
 
 # --------------------------------------------------------------------------------- CLI

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from wattcast.bus import BrokerConfig, MqttBus
-from wattcast.config import ENV_MODELS_DIR, add_data_args, positive_float, positive_int
+from wattcast.config import (
+    ENV_BROKER,
+    ENV_MODELS_DIR,
+    ENV_PASSWORD,
+    ENV_USERNAME,
+    add_data_args,
+    positive_float,
+    positive_int,
+)
 from wattcast.messages import (
     ALL_METRICS,
     ALL_STATUS,
@@ -231,7 +239,6 @@ class _StartError(RunError):
 
 
 def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int) -> dict[str, Any]:
-    from wattcast.broker import PrivateBroker
 
     broker = None
     # Node ids (and MQTT client ids wattcast-<id>) are the same in every run and on any broker:
@@ -244,20 +251,30 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     else:
         try:
             # its config, log and database stay with the run's store and node logs
-            broker = PrivateBroker(prefer=args.broker_kind, workdir=store_path.parent / "broker")
-            broker.start()
+            broker, passwords = _private_broker(args.broker_kind, store_path.parent / "broker")
         except RuntimeError as exc:  # no broker installed, or it would not start: its log says why
             raise _StartError(" | ".join(str(exc).strip().splitlines()[-3:])) from None
-        config = BrokerConfig(broker.host, broker.port)
+        config = BrokerConfig(broker.host, broker.port, *(("runner", passwords["runner"]) if passwords else ()))
         broker_kind = broker.kind
     say(f"broker: {broker_kind} at {config.url}" + (f" (log {broker.log_path})" if broker else ""))
+    if broker is not None and not passwords:
+        say("broker: warning: the embedded amqtt broker takes anonymous clients and has no ACL: any local user "
+            "can publish into this run (install mosquitto for a secured run)")
+    elif broker is not None:
+        say(f"broker: a login per node and role; viewer login for watch and subscribers in {_viewer_env(broker, passwords)}")
 
     env = dict(os.environ)
-    env.pop("WATTCAST_BROKER", None)
+    for var in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD):
+        env.pop(var, None)
     common = ["--broker", config.url]
-    if config.username:
-        env["WATTCAST_MQTT_USERNAME"] = config.username
-        env["WATTCAST_MQTT_PASSWORD"] = config.password or ""
+
+    def login(node: str) -> dict[str, str]:
+        """The environment of a node: its own login (environment, not argv: ``ps`` shows argv to every user)."""
+        if broker is not None:
+            return {**env, **({ENV_USERNAME: node, ENV_PASSWORD: passwords[node]} if passwords else {})}
+        if config.username:
+            return {**env, ENV_USERNAME: config.username, ENV_PASSWORD: config.password or ""}
+        return env
     data_args = []
     if args.data:
         data_args += ["--data", str(args.data)]
@@ -281,14 +298,15 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             _reset_sessions(config, [collector_node, *(f"predictor-{m}{suffix}" for m in args.models)])
         children.append(_spawn("collector", "collector", [
             *common, "--store", str(store_path), "--models", *args.models, "--exit-on-end",
-            "--node", collector_node, "--metrics-every", "0.5"], log_dir, env))
+            "--node", collector_node, "--metrics-every", "0.5"], log_dir, login(collector_node)))
         predictor_nodes = {}
         for model in args.models:
             node = f"predictor-{model}{suffix}"
             predictor_nodes[model] = node
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
             extra += ["--state-dir", str(state_dir)]
-            children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, env))
+            children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir,
+                                   login(node)))
         # The simulator starts with the others (its data loading is start-up, not replay) and
         # waits by itself until every node it feeds is online.
         simulator_node = f"simulator{suffix}"
@@ -301,7 +319,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             sim_args += ["--await-models", *args.models, "--await-nodes", collector_node]
             if args.window:
                 sim_args += ["--window", str(args.window)]
-        simulator = _spawn("simulator", "simulator", sim_args, log_dir, env)
+        simulator = _spawn("simulator", "simulator", sim_args, log_dir, login(simulator_node))
         children.append(simulator)
         waiting = [collector_node, *predictor_nodes.values(), simulator_node]
         our_nodes = waiting
@@ -375,6 +393,33 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         watcher_bus.close()
         if broker is not None:
             broker.close()
+
+
+def _private_broker(kind: str | None, workdir: Path):
+    """A started private broker and its per-run passwords (user -> password; empty for amqtt).
+
+    mosquitto runs the deployment's own config (mosquitto/mosquitto.conf: no anonymous
+    access, the per-role ACL of mosquitto/acl, a client id tied to its user) with a new
+    random password for every user of this run; the files are private to this user.
+    """
+    from wattcast.broker import PrivateBroker, available_kind
+    from wattcast.credentials import RUN_USERS, generate_password, secured_private_broker
+
+    if available_kind(kind) == "mosquitto":
+        passwords = {user: generate_password() for user in RUN_USERS}
+        broker = secured_private_broker(workdir / "auth", passwords, prefer="mosquitto", workdir=workdir)
+        return broker.start(), passwords
+    return PrivateBroker(prefer=kind, workdir=workdir).start(), {}
+
+
+def _viewer_env(broker, passwords: dict[str, str]) -> Path:
+    """``<broker dir>/viewer.env`` (mode 600): how a subscriber logs in to this run as the viewer."""
+    from wattcast.credentials import password_env_var, write_private
+
+    path = broker.workdir / "viewer.env"
+    write_private(path, f"MQTT_HOST={broker.host}\nMQTT_PORT={broker.port}\n"
+                         f"{password_env_var('viewer')}={passwords['viewer']}\n")
+    return path
 
 
 def _reset_sessions(config: BrokerConfig, nodes: list[str]) -> None:
