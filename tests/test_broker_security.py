@@ -32,6 +32,7 @@ import pytest
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus, topic_matches
 from wattcast.credentials import (
+    RUN_USERS,
     USERS,
     CredentialsError,
     deployment_conf,
@@ -55,7 +56,7 @@ T0 = 1196680920
 
 @pytest.fixture(scope="module")
 def passwords() -> dict[str, str]:
-    return ensure_passwords()[0]
+    return ensure_passwords(users=RUN_USERS)[0]
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def publish_as(login, user: str, topic: str, payload: bytes = b"{}") -> None:
 
 # --------------------------------------------------------------------- authentication
 
-@pytest.mark.parametrize("user", sorted(USERS))
+@pytest.mark.parametrize("user", sorted(RUN_USERS))
 def test_every_user_logs_in_with_its_password(login, user):
     assert login(user)
 
@@ -194,6 +195,12 @@ FORBIDDEN_PUBLISH = [
     ("viewer", metrics_topic(H, "lstm")),
     ("viewer", reading_topic(H)),
     ("viewer", "wattcast/v1/status/viewer"),
+    ("runner", reading_topic(H)),
+    ("runner", "wattcast/v1/h000/end"),
+    ("runner", forecast_topic(H, "persistence")),
+    ("runner", "wattcast/v1/status/collector"),
+    ("runner", "wattcast/v1/status/runner"),
+    ("runner", "wattcast/v1/progress/collector"),
 ]
 
 
@@ -244,6 +251,7 @@ def publish_one_of_each(login) -> list[str]:
 
 @pytest.mark.parametrize("user,readable", [
     ("viewer", {"forecast", "metrics", "status"}),
+    ("runner", {"metrics", "status", "progress"}),
     ("predictor-lstm", {"reading", "end"}),
     ("predictor-persistence", {"reading", "end"}),
     ("simulator", {"forecast", "status", "progress"}),
