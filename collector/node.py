@@ -18,7 +18,18 @@ import numpy as np
 from collector.scoring import Scoreboard
 from collector.store import Store
 from wattcast.bus import Bus, Message
-from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, decode
+from wattcast.messages import (
+    MODELS,
+    NOT_RETAINED,
+    EndOfStream,
+    Forecast,
+    MessageError,
+    Progress,
+    Reading,
+    Status,
+    decode,
+    may_be_retained,
+)
 from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
@@ -85,6 +96,8 @@ class CollectorNode:
         for message in batch:
             c["received"] += 1
             try:
+                if message.retain and not may_be_retained(message.topic):
+                    raise MessageError(NOT_RETAINED)
                 msg = decode(message.topic, message.payload)
             except MessageError as exc:
                 self.stats.reject(message.topic, str(exc))

@@ -24,7 +24,17 @@ import numpy as np
 
 from wattcast.bus import Bus, Message
 from wattcast.forecasters import Forecaster, Model
-from wattcast.messages import EndOfStream, Forecast, MessageError, Reading, check_int, decode, parse_json
+from wattcast.messages import (
+    NOT_RETAINED,
+    EndOfStream,
+    Forecast,
+    MessageError,
+    Reading,
+    check_int,
+    decode,
+    may_be_retained,
+    parse_json,
+)
 from wattcast.node import NodeStats
 
 log = logging.getLogger(__name__)
@@ -100,6 +110,8 @@ class PredictorNode:
         pending: list[tuple[Reading, object]] = []
         for message in batch:
             try:
+                if message.retain and not may_be_retained(message.topic):
+                    raise MessageError(NOT_RETAINED)
                 msg = decode(message.topic, message.payload)
             except MessageError as exc:
                 self.stats.reject(message.topic, str(exc))

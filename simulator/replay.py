@@ -268,11 +268,18 @@ class Simulator:
         return False
 
 
-def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float) -> None:
-    """Block until every node's (retained) status says online; TimeoutError names the missing ones.
+#: A retained ``online`` status older than this is not taken for a node that is there:
+#: a running node re-publishes its status every 2 s (wattcast.node.serve).
+FRESH_STATUS_S = 10.0
+
+
+def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float, now: Callable[[], float] = time.time) -> None:
+    """Block until every node's status says online; TimeoutError names the missing ones.
 
     A node that never connected has no subscription yet: readings published before it
-    is online would never reach it.
+    is online would never reach it.  A retained status is the newest a node left, maybe
+    in an earlier run: it counts only if it is fresh (``FRESH_STATUS_S``), else the node's
+    next live status decides.
     """
     bus.subscribe(ALL_STATUS)
     online: set[str] = set()
@@ -290,4 +297,7 @@ def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float) -> None:
         except MessageError:
             continue
         if isinstance(status, Status):
-            (online.add if status.state == "online" else online.discard)(status.node)
+            if status.state != "online":
+                online.discard(status.node)
+            elif not message.retain or (status.ts or 0) >= now() - FRESH_STATUS_S:
+                online.add(status.node)

@@ -583,3 +583,56 @@ def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
     assert row[0] == "offline" and row[1] == 3.0 and json.loads(row[2]) == {"rss_kb": 40000, "forecasts": 7}
     node.handle([msg(Status("predictor-linear", "online", "predictor", 4.0, {"rss_kb": 1}))])
     assert json.loads(store.db.execute("SELECT counters FROM nodes").fetchone()[0]) == {"rss_kb": 1}
+
+
+# ------------------------------------------------------------------ retained messages
+
+def test_collector_rejects_retained_readings_and_forecasts_but_not_statuses(tmp_path):
+    """Only statuses are retained: a retained reading or forecast (left by anyone, in any run)
+    would be delivered to every new subscriber; it is rejected, counted and stored."""
+    from wattcast.messages import NOT_RETAINED, Status
+
+    node, bus, store = make_collector(tmp_path)
+    stale = [
+        Message(reading_topic("h000"), reading("h000", 5, T0 + 300, 50.0).to_json(), retain=True),
+        Message(forecast_topic("h000", "persistence"), fc("persistence", T0, 9.0).to_json(), retain=True),
+        Message("wattcast/v1/h000/end", EndOfStream("h000", 1, 0, T0).to_json(), retain=True),
+    ]
+    status = Status("predictor-persistence", "online", "predictor", 1.0)
+    node.handle([*stale, Message(status_topic(status.node), status.to_json(), retain=True)])
+    assert node.stats.counters["malformed"] == len(stale)
+    assert [r for (r,) in store.db.execute("SELECT reason FROM rejections")] == [NOT_RETAINED] * len(stale)
+    assert store.count("readings") == store.count("forecasts") == 0 and not node.ends
+    # the same messages delivered live are taken
+    node.handle([msg(fc("persistence", T0, 1.0)), msg(reading("h000", 5, T0 + 300, 1.0))])
+    assert store.count("matches") == 1
+
+
+def test_predictor_rejects_a_retained_reading(val):
+    bus = MemoryHub().connect()
+    node = PredictorNode(bus, load_model("persistence"))
+    rs = to_readings(val.iloc[:3])
+    # a retained copy of a later reading must not make the node skip the earlier ones as duplicates
+    node.handle([Message(reading_topic("h000"), rs[2].to_json(), retain=True)])
+    assert node.stats.counters["malformed"] == 1 and node.stats.counters["received"] == 0
+    node.handle([msg(r) for r in rs])
+    assert node.stats.counters["duplicates"] == 0 and node.stats.counters["forecasts"] == 2
+
+
+def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_there():
+    from simulator.replay import FRESH_STATUS_S, wait_for_nodes
+    from wattcast.messages import Status
+
+    now = 1_800_000_000.0
+    bus = MemoryHub().connect()
+
+    def status(ts: float, retain: bool) -> Message:
+        return Message(status_topic("collector"), Status("collector", "online", "collector", ts).to_json(), retain=retain)
+
+    bus.inbox.put(status(now - FRESH_STATUS_S - 1, retain=True))  # left by an earlier run
+    with pytest.raises(TimeoutError, match="collector"):
+        wait_for_nodes(bus, ["collector"], timeout=0.3, now=lambda: now)
+    bus.inbox.put(status(now - 1, retain=True))  # fresh: the node is there
+    wait_for_nodes(bus, ["collector"], timeout=30, now=lambda: now)
+    bus.inbox.put(status(now - 3600, retain=False))  # delivered live: the node just said so
+    wait_for_nodes(bus, ["collector"], timeout=30, now=lambda: now)

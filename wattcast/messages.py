@@ -83,6 +83,16 @@ ALL_METRICS = f"{ROOT}/+/metrics/+"
 ALL_STATUS = f"{ROOT}/status/+"
 
 
+#: Why a node rejects a retained message on any other topic than a node status.
+NOT_RETAINED = "retained, but only node statuses are retained (docs/contract.md)"
+
+
+def may_be_retained(topic: str) -> bool:
+    """Only node statuses are retained; a retained reading, end or forecast would be
+    delivered again to every new subscriber (a stale or forged value in every new run)."""
+    return topic.startswith(f"{ROOT}/status/")
+
+
 def parse_topic(topic: str) -> tuple[str, str, str | None]:
     """Split a topic into (kind, house_or_node, model); raises MessageError if foreign."""
     parts = topic.split("/")
