@@ -15,7 +15,7 @@ from array import array
 
 import numpy as np
 
-from collector.scoring import Scoreboard
+from collector.scoring import Conflict, Scoreboard
 from collector.store import Store
 from wattcast.bus import Bus, Message
 from wattcast.messages import (
@@ -55,6 +55,7 @@ class CollectorNode:
         self.next_metrics = 0.0
         self.last_progress = time.monotonic()
         self.finished = False
+        self.missing: list[str] = []
         #: handling lag of every message (s), for the end-of-run percentiles: 8 bytes each
         self.lags = array("d")
         #: the newest Progress sent, when, and how often it was sent again while idle
@@ -104,7 +105,11 @@ class CollectorNode:
                 self.store.add_rejection(message.topic, str(exc), message.payload, message.received_at)
                 continue
             if isinstance(msg, Reading):
-                new = self.board.add_reading(msg)
+                try:
+                    new = self.board.add_reading(msg)
+                except Conflict as exc:
+                    self.conflict(message, str(exc))
+                    continue
                 if new is None:
                     c["duplicates"] += 1
                     continue
@@ -118,8 +123,12 @@ class CollectorNode:
                     self.stats.reject(message.topic, reason)
                     self.store.add_rejection(message.topic, reason, message.payload, message.received_at)
                     continue
-                new, match = self.board.add_forecast(msg)
-                if not new:
+                try:
+                    fresh, match = self.board.add_forecast(msg)
+                except Conflict as exc:
+                    self.conflict(message, str(exc))
+                    continue
+                if not fresh:
                     c["duplicates"] += 1
                     continue
                 c["forecasts"] += 1
@@ -146,6 +155,14 @@ class CollectorNode:
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
         if readings or forecasts:
             self.last_progress = time.monotonic()
+
+    def conflict(self, message: Message, reason: str) -> None:
+        """A second, different message for a key already scored: counted, logged, kept for the report."""
+        c = self.stats.counters
+        c["conflicts"] += 1
+        if c["conflicts"] <= 10 or c["conflicts"] % 1000 == 0:
+            log.warning("collector: %s (topic %s; %d conflicts so far)", reason, message.topic, c["conflicts"])
+        self.store.add_rejection(message.topic, reason, message.payload, message.received_at)
 
     def publish_progress(self, progress: Progress) -> None:
         """QoS 0: it only paces.  Lost (a reconnection), the simulator would wait for it in vain:
@@ -199,10 +216,15 @@ class CollectorNode:
         keys = {(h, m) for h in set(self.board.actuals) | set(self.ends) for m in self.models}
         final = [self.board.metrics(h, m) for h, m in sorted(keys)]
         self.store.set_summary(final)
+        # what the simulator says it published and this store does not hold: a loss, never silent
+        self.missing = self.store.missing(self.models, self.ends)
+        for line in self.missing:
+            log.error("collector: incomplete: the store lacks %s", line)
         lags = np.frombuffer(self.lags, dtype=np.float64) * 1000.0
         self.store.set_meta("collector_stats", {
             **dict(self.stats.counters),
             "duplicates_total": self.board.duplicates,
+            "missing": self.missing,
             "lag_ms_p50": float(np.percentile(lags, 50)) if lags.size else None,
             "lag_ms_p99": float(np.percentile(lags, 99)) if lags.size else None,
             "lag_ms_max": float(lags.max()) if lags.size else None,

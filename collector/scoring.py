@@ -2,7 +2,10 @@
 
 A forecast of house ``h`` for ``target_ts`` is matched to the reading of ``h`` at
 ``target_ts``, whichever arrives first; each (house, model, issued_at) and each
-(house, ts) counts once, so QoS 1 redelivery changes nothing.  Per (house, model):
+(house, ts) counts once, so QoS 1 redelivery changes nothing.  A second message for
+a key already known with another value is a :class:`Conflict`: the first stays scored,
+the second is rejected, never taken silently (the collector counts, logs and stores it).
+Per (house, model):
 cumulative n / MSE / MAE and the MSE over a rolling event-time window.
 """
 
@@ -13,6 +16,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from wattcast.messages import Forecast, Metrics, Reading
+
+
+class Conflict(ValueError):
+    """A second, different message for a (house, ts) or (house, model, issued_at) already scored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,7 @@ class Scoreboard:
         self.actuals: dict[str, dict[int, float]] = defaultdict(dict)
         self.newest: dict[str, int] = {}
         self.waiting: dict[str, dict[int, list[Forecast]]] = defaultdict(lambda: defaultdict(list))
-        self.seen: set[tuple[str, str, int]] = set()
+        self.seen: dict[tuple[str, str, int], float] = {}  # forecast key -> value
         self.scores: dict[tuple[str, str], ModelScore] = {}
         self.last_forecast_seq: dict[tuple[str, str], int] = {}
         self.duplicates = 0
@@ -88,12 +95,16 @@ class Scoreboard:
         return m
 
     def add_reading(self, r: Reading) -> list[Match] | None:
-        """Matches completed by this reading; None if the reading was already known."""
+        """Matches completed by this reading; None if the reading was already known; Conflict if
+        another value is known for its minute."""
         return self.add_actual(r.house, r.ts, r.global_active_power)
 
     def add_actual(self, house: str, ts: int, value: float) -> list[Match] | None:
         known = self.actuals[house]
         if ts in known:
+            if known[ts] != value:
+                raise Conflict(f"conflict: reading of {house} at ts {ts} says {value} kW, "
+                               f"{known[ts]} kW is already scored")
             self.duplicates += 1
             return None
         known[ts] = value
@@ -102,12 +113,16 @@ class Scoreboard:
         return [self._match(f, value) for f in waiting]
 
     def add_forecast(self, f: Forecast) -> tuple[bool, Match | None]:
-        """(new, match): new is False for a forecast already seen; match if its actual is known."""
+        """(new, match): new is False for a forecast already seen; match if its actual is known.
+        Conflict if another value was seen for its (house, model, issued_at)."""
         key = (f.house, f.model, f.issued_at)
         if key in self.seen:
+            if self.seen[key] != f.value:
+                raise Conflict(f"conflict: forecast of {f.model} for {f.house} issued at {f.issued_at} says "
+                               f"{f.value} kW, {self.seen[key]} kW is already scored")
             self.duplicates += 1
             return False, None
-        self.seen.add(key)
+        self.seen[key] = f.value
         self._score(f.house, f.model)
         mkey = (f.house, f.model)
         self.last_forecast_seq[mkey] = max(self.last_forecast_seq.get(mkey, -1), f.seq)

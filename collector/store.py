@@ -133,5 +133,26 @@ class Store:
             raise ValueError(f"no table {table!r}")
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
+    def missing(self, models: Iterable[str], houses: Iterable[str] = ()) -> list[str]:
+        """What a finished replay should have stored and did not, one line per house (and model).
+
+        Per house, the simulator's end of stream says how many readings it published; a
+        predictor forecasts after every reading but a house's first (docs/contract.md).
+        ``houses``: the houses that were replayed (one whose end never arrived is named).
+        """
+        ends = dict(self.db.execute("SELECT house, readings FROM ends"))
+        stored = dict(self.db.execute("SELECT house, COUNT(*) FROM readings GROUP BY house"))
+        forecasts = {(h, m): n for h, m, n in self.db.execute(
+            "SELECT house, model, COUNT(*) FROM forecasts GROUP BY house, model")}
+        out = [f"{h}: no end of stream" for h in sorted(set(houses) - set(ends))]
+        for house, published in sorted(ends.items()):
+            if stored.get(house, 0) < published:
+                out.append(f"{house}: {published - stored.get(house, 0)} of {published} readings")
+            for model in models:
+                want, got = max(published - 1, 0), forecasts.get((house, model), 0)
+                if got < want:
+                    out.append(f"{house}: {want - got} of {want} {model} forecasts")
+        return out
+
     def close(self) -> None:
         self.db.close()

@@ -45,6 +45,7 @@ from wattcast.messages import (
     Status,
     decode,
     forecast_topic,
+    house_ids,
     progress_topic,
 )
 
@@ -58,10 +59,6 @@ log = logging.getLogger(__name__)
 #: window 8 4.3-4.4 s / 11-12 ms; 10 4.0-4.5 s / 13-17 ms; 16 3.4-3.6 s / 17-23 ms;
 #: 24 2.8-2.9 s / 23-30 ms.
 DEFAULT_WINDOW = 10
-
-
-def house_ids(count: int) -> list[str]:
-    return [f"h{k:03d}" for k in range(count)]
 
 
 @dataclass

@@ -542,20 +542,12 @@ def test_serve_survives_a_failing_handler_and_counts_it():
     def handle(batch):
         seen.extend(batch)
         if len(seen) == 1:
+            other.publish("t/b", b"2")  # the next batch: the node must still be there for it
             raise RuntimeError("boom")
         stop.set()
 
     other = hub.connect()
     other.publish("t/a", b"1")
-    import threading
-
-    def later():
-        import time
-
-        time.sleep(0.3)
-        other.publish("t/b", b"2")
-
-    threading.Thread(target=later).start()
     import gc
 
     gc.unfreeze()
@@ -636,3 +628,52 @@ def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_
     wait_for_nodes(bus, ["collector"], timeout=30, now=lambda: now)
     bus.inbox.put(status(now - 3600, retain=False))  # delivered live: the node just said so
     wait_for_nodes(bus, ["collector"], timeout=30, now=lambda: now)
+
+
+# ------------------------------------------------------------ conflicts and completeness
+
+def test_a_second_different_reading_or_forecast_is_a_counted_stored_conflict_not_a_silent_first_win(tmp_path):
+    node, bus, store = make_collector(tmp_path)
+    real_f, real_r = fc("persistence", T0, 1.0), reading("h000", 5, T0 + 300, 1.5)
+    node.handle([msg(real_f), msg(real_r)])
+    # a redelivered copy is a duplicate; another value for the same key is a conflict
+    node.handle([msg(real_f), msg(real_r), msg(fc("persistence", T0, 62.8)), msg(reading("h000", 5, T0 + 300, 50.0))])
+    c = node.stats.counters
+    assert c["duplicates"] == 2 and c["conflicts"] == 2
+    reasons = [r for (r,) in store.db.execute("SELECT reason FROM rejections")]
+    assert len(reasons) == 2 and all(r.startswith("conflict: ") for r in reasons), reasons
+    # the first stays scored
+    assert store.db.execute("SELECT forecast, actual FROM matches").fetchall() == [(1.0, 1.5)]
+
+
+def test_the_store_names_what_a_finished_replay_lacks(tmp_path):
+    store = Store(tmp_path / "s.db")
+    t = T0
+    store.add_end(EndOfStream("h000", 10, 9, t + 540), 1.0)
+    store.add_end(EndOfStream("h001", 3, 2, t + 120), 1.0)
+    store.add_readings([(reading("h000", k, t + 60 * k, 1.0), 1.0) for k in range(10) if k != 4])
+    store.add_readings([(reading("h001", k, t + 60 * k, 1.0), 1.0) for k in range(3)])
+    store.add_forecasts([(fc("persistence", t + 60 * k, 1.0, house=h, seq=k), 1.0)
+                         for h in ("h000", "h001") for k in range(1, 10 if h == "h000" else 3)])
+    store.add_forecasts([(fc("linear", t + 60 * k, 1.0, seq=k), 1.0) for k in range(1, 7)])
+    store.commit()
+    assert store.missing(["persistence", "linear"], ["h000", "h001", "h002"]) == [
+        "h002: no end of stream",
+        "h000: 1 of 10 readings",
+        "h000: 3 of 9 linear forecasts",
+        "h001: 2 of 2 linear forecasts",
+    ]
+    assert store.missing(["persistence"], ["h001"]) == ["h000: 1 of 10 readings"]
+
+
+def test_the_collector_reports_a_loss_when_it_finalizes(tmp_path, caplog):
+    node, bus, store = make_collector(tmp_path, drain_s=0.0)
+    rs = [reading("h000", k, T0 + 60 * k, 1.0) for k in range(6)]
+    node.handle([msg(r) for r in rs if r.seq != 2] + [msg(fc("persistence", r.ts, 1.0, seq=r.seq)) for r in rs[1:]])
+    node.handle([msg(EndOfStream("h000", 6, 5, rs[-1].ts))])
+    with caplog.at_level("ERROR"):
+        while not node.tick():
+            pass
+    assert node.missing == ["h000: 1 of 6 readings"]
+    assert store.meta()["collector_stats"]["missing"] == ["h000: 1 of 6 readings"]
+    assert "incomplete" in caplog.text and "h000: 1 of 6 readings" in caplog.text

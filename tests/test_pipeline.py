@@ -271,6 +271,24 @@ def test_run_falls_back_to_the_embedded_broker(val, tmp_path):
 
 
 @pytest.mark.slow
+def wait_stored(db: Path, at_least: int, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    """Wait until the collector's store holds ``at_least`` readings; how many it holds then."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the collector ended (code {proc.returncode})"
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+                n = con.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            n = 0
+        if n >= at_least:
+            return n
+        time.sleep(0.01)
+    raise AssertionError(f"the collector stored fewer than {at_least} readings in {timeout:.0f} s")
+
+
 def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker, val, tmp_path):
     url = module_broker.url
     db = tmp_path / "k.db"
@@ -286,13 +304,14 @@ def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker
                             log=tmp_path / f"{m}.log") for m in models)]
     try:
         wait_online(url, ["collector-kill", "predictor-persistence-kill", "predictor-linear-kill"])
-        sim = spawn("simulator", "--broker", url, "--limit", str(limit), "--speed", "9000", "--node", "simulator-kill",
+        sim = spawn("simulator", "--broker", url, "--limit", str(limit), "--speed", "3000", "--node", "simulator-kill",
                     log=tmp_path / "sim.log")
         procs.append(sim)
-        time.sleep(1.5)
-        first.send_signal(signal.SIGKILL)  # mid-replay, mid-batch perhaps: nothing acknowledged is lost
+        # mid-replay (the collector has stored a sixth of it), mid-batch perhaps: nothing acknowledged is lost
+        stored = wait_stored(db, at_least=limit // 6, proc=first)
+        first.send_signal(signal.SIGKILL)
         first.wait()
-        time.sleep(0.5)
+        assert stored < limit, "the replay was over before the collector could be killed mid-replay"
         second = collector()
         procs.append(second)
         assert sim.wait(timeout=60) == 0

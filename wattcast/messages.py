@@ -69,6 +69,11 @@ def progress_topic(node: str) -> str:
     return f"{ROOT}/progress/{node}"
 
 
+def house_ids(count: int) -> list[str]:
+    """The ids of the houses a simulator replays: h000, h001, ..."""
+    return [f"h{k:03d}" for k in range(count)]
+
+
 def house_filter(houses: list[str] | None, leaf: str) -> list[str]:
     """Subscription filters for ``leaf`` ("reading", "forecast/+", ...) of some or all houses."""
     if not houses:

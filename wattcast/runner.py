@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -152,6 +153,32 @@ def _spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict[str
     return Child(name, proc, log_path)
 
 
+class Interrupt:
+    """Ctrl-C (SIGINT) and SIGTERM while the nodes run: a flag that the run's loops check.
+
+    Python's own KeyboardInterrupt is raised wherever the main thread happens to be, and
+    one raised inside a finalizer or a garbage-collector callback is printed and dropped
+    ("Exception ignored in ..."): the run then went on as if nothing had been pressed.
+    A flag cannot be lost; :meth:`sleep` raises KeyboardInterrupt at a known point.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = threading.Event()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.pressed.set())
+
+    def sleep(self, seconds: float) -> None:
+        if self.pressed.wait(seconds):
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
 def _stop(children: list[Child], timeout: float = 10.0) -> None:
     for c in children:
         if c.proc.poll() is None:
@@ -165,9 +192,10 @@ def _stop(children: list[Child], timeout: float = 10.0) -> None:
             c.proc.wait()
 
 
-def scores_from_store(db_path: Path) -> dict[str, Any]:
-    """Per-model scores pooled over houses, per-house scores, and the store's counters."""
+def scores_from_store(db_path: Path, models: list[str] | None = None, houses: int = 1) -> dict[str, Any]:
+    """Per-model scores pooled over houses, per-house scores, the store's counters, and what is missing."""
     from collector.store import Store
+    from wattcast.messages import house_ids
 
     store = Store(db_path)
     try:
@@ -190,6 +218,7 @@ def scores_from_store(db_path: Path) -> dict[str, Any]:
             "rejections": store.count("rejections"),
             "ends": store.db.execute("SELECT COALESCE(SUM(readings), 0) FROM ends").fetchone()[0],
             "collector": meta.get("collector_stats", {}),
+            "missing": store.missing(models or [], house_ids(houses)),
         }
     finally:
         store.close()
@@ -283,6 +312,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     data_args += ["--seed", str(args.seed)]
 
     children: list[Child] = []
+    interrupt = Interrupt()
     watcher_bus = MqttBus(config, client_id=f"wattcast-runner-{os.getpid()}", session=False)
     our_nodes: list[str] = []
     try:
@@ -335,7 +365,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             if time.monotonic() > deadline:
                 late = [n for n in waiting if n not in watcher.started]
                 raise RunError(f"nodes not online after 120 s: {', '.join(late)}")
-            time.sleep(0.02)
+            interrupt.sleep(0.02)
         startup_s = time.monotonic() - t0
         say(f"nodes online after {startup_s:.1f} s: collector, {', '.join(args.models)}, simulator; replaying")
         t_replay = time.monotonic()
@@ -348,7 +378,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                 raise RunError(f"run did not finish within {args.timeout:.0f} s")
             if view is not None:
                 view.refresh()  # throttles itself
-            time.sleep(0.05)
+            interrupt.sleep(0.05)
         replay_s = time.monotonic() - t_replay
         if view is not None:
             watcher.poll()
@@ -358,7 +388,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         simulator.proc.wait(30)
         _stop(children)
         watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
-        result = scores_from_store(store_path)
+        result = scores_from_store(store_path, args.models, args.houses)
         malformed = int(result["collector"].get("malformed", 0))
         malformed += sum(watcher.counter(n, "malformed") for n in predictor_nodes.values())
         published = watcher.counter(f"simulator{suffix}", "published") or result["ends"]
@@ -367,6 +397,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             "published": published,
             "received": int(result["collector"].get("received", 0)),
             "malformed": malformed,
+            # a second, different reading or forecast for a key already scored (forged or broken)
+            "conflicts": int(result["collector"].get("conflicts", 0)),
+            # what the simulator published and the store does not hold (a loss): the run fails
+            "missing": result["missing"],
             "elapsed_s": round(time.monotonic() - t0, 3),
             "startup_s": round(startup_s, 3),
             "replay_s": round(replay_s, 3),
@@ -387,6 +421,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                                                           models_dir=Path(args.models_dir) if args.models_dir else None)]
         return out
     finally:
+        interrupt.restore()
         _stop(children)  # nodes first, while the broker still takes their final statuses
         if args.broker and our_nodes:
             _clear_statuses(watcher_bus, our_nodes)
@@ -463,7 +498,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("n = matched forecasts; unmatched = no reading at the target minute (a gap in the data); "
                  "pending = target after the last reading (5 per house: normal)")
     lines.append(f"published {result['published']} readings, collector received {result['received']} messages, "
-                 f"malformed {result['malformed']}")
+                 f"malformed {result['malformed']}, conflicts {result.get('conflicts', 0)}, "
+                 f"missing {'none' if not result.get('missing') else len(result['missing'])}")
     lines.append(f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, "
                  f"total {result['elapsed_s']:.1f} s")
     lines.append(f"store: {result['store']}")
@@ -491,4 +527,18 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
-    return 0
+    return 1 if incomplete(result) else 0
+
+
+def incomplete(result: dict[str, Any]) -> bool:
+    """Say on stderr, one line each, why a finished run's scores cannot be trusted; True if so."""
+    problems = []
+    if result.get("missing"):
+        shown = "; ".join(result["missing"][:8]) + (" ..." if len(result["missing"]) > 8 else "")
+        problems.append(f"incomplete run: the store lacks what was published: {shown}")
+    if result.get("conflicts"):
+        problems.append(f"{result['conflicts']} conflicting readings or forecasts (a second, different message "
+                        f"for a minute already scored; the first was kept): see the store's rejections")
+    for line in problems:
+        print(f"wattcast: error: {line}", file=sys.stderr)
+    return bool(problems)
