@@ -96,3 +96,16 @@ def test_a_run_prints_one_table(tmp_path):
     both = (out.stderr + out.stdout).splitlines()
     assert sum(1 for line in both if line.split()[:2] in (["model", "n"], ["model", "houses"])) == 1, both
     assert "pending = target after the last reading" in out.stdout
+
+
+def test_a_run_that_lost_data_or_took_a_conflict_says_so_and_fails(capsys):
+    from wattcast.runner import incomplete
+
+    clean = {"models": {}, "missing": [], "conflicts": 0}
+    assert not incomplete(clean) and capsys.readouterr().err == ""
+    lossy = {**clean, "missing": ["h000: 2 of 4099 readings", "h000: 3 of 4098 lstm forecasts"], "conflicts": 1}
+    assert incomplete(lossy)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("wattcast: error: ") for line in err), err
+    assert "h000: 2 of 4099 readings; h000: 3 of 4098 lstm forecasts" in err[0]
+    assert "1 conflicting" in err[1]
