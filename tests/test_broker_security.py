@@ -61,9 +61,23 @@ def passwords() -> dict[str, str]:
 
 @pytest.fixture
 def secure_broker(broker_factory, tmp_path, passwords) -> PrivateBroker:
-    """mosquitto with the deployment's config, password file and ACL, on a free loopback port."""
+    """mosquitto with the deployment's config, password file and ACL, on a free loopback port.
+
+    The ACL tests log in as one user several times at once (a spy and a sender), which the
+    deployment's ``use_username_as_clientid`` forbids: here, and only here, it is off again
+    (the last setting wins).  ``bound_broker`` is the deployment's config as it is.
+    """
     auth = prepare_auth_dir(tmp_path / "auth", passwords)
-    return broker_factory(common=False, extra_conf=deployment_conf(auth), prefer="mosquitto")
+    return broker_factory(common=False, anonymous=False,
+                          extra_conf=deployment_conf(auth) + "use_username_as_clientid false\n", prefer="mosquitto")
+
+
+@pytest.fixture
+def bound_broker(broker_factory, tmp_path, passwords) -> PrivateBroker:
+    """The deployment's config exactly: a client id is tied to its user."""
+    auth = prepare_auth_dir(tmp_path / "auth-bound", passwords)
+    return broker_factory(common=False, anonymous=False, extra_conf=deployment_conf(auth), prefer="mosquitto",
+                          workdir=tmp_path / "bound")
 
 
 @pytest.fixture
@@ -349,21 +363,40 @@ def test_each_node_leaves_its_last_will_and_no_other(login, secure_broker, passw
     assert all(len(w) == 1 and w[0]["node"] == n for n, w in wills.items()), wills  # no forged collector will
 
 
-def test_taking_a_nodes_client_id_does_not_reveal_its_queue(login):
-    """mosquitto 2.0 cannot tie a client id to a user (docs/deployment.md): another user can take a
-    node's persistent session, which disconnects the node, but the ACL is checked on delivery, so
-    the messages queued for the node are not handed over."""
-    collector = login("collector", client_id="wattcast-collector", session=True)
-    collector.subscribe("wattcast/v1/#")
-    time.sleep(0.3)
-    collector.close()
-    publish_as(login, "simulator", reading_topic(H), reading(7).to_json())
-    viewer = login("viewer", client_id="wattcast-collector", session=True)
-    publish_as(login, "predictor-lstm", forecast_topic(H, "lstm"), forecast().to_json())
-    got = viewer.inbox.get(timeout=5)  # the forecast, which a viewer may read ...
-    assert "/forecast/" in got.topic
-    time.sleep(0.3)
-    assert viewer.inbox.empty()  # ... and not the queued reading
+def test_a_user_cannot_take_a_nodes_client_id(bound_broker, passwords):
+    """The viewer (or any other user) asking for the collector's client id gets its own: the
+    collector is not disconnected and keeps its persistent session and the messages queued in it."""
+    buses: list[MqttBus] = []
+
+    def login(user: str, client_id: str, session: bool = False) -> MqttBus:
+        cfg = BrokerConfig(bound_broker.host, bound_broker.port, user, passwords[user])
+        buses.append(MqttBus(cfg, client_id, session=session).connect(timeout=10))
+        return buses[-1]
+
+    try:
+        collector = login("collector", "wattcast-collector", session=True)
+        collector.subscribe("wattcast/v1/#")
+        assert collector.flush(10)
+        collector.close()  # away: what is published now is queued for its session
+        simulator = login("simulator", "wattcast-simulator")
+        simulator.publish(reading_topic(H), reading(7).to_json())
+        assert simulator.flush(10)
+        for cid in ("wattcast-collector", "collector"):  # the id it asked for, and the one the broker gave it
+            intruder = login("viewer", cid, session=True)
+            intruder.subscribe("wattcast/v1/#")
+            assert intruder.flush(10)
+            intruder.close()
+        collector = login("collector", "wattcast-collector", session=True)
+        got = collector.inbox.get(timeout=30)  # the queued reading is still the collector's
+        assert got.topic == reading_topic(H) and decode(got.topic, got.payload).seq == 7
+        # ... and a viewer connecting with its id does not disconnect it
+        login("viewer", "wattcast-collector")
+        simulator.publish(reading_topic(H), reading(8).to_json())
+        got = collector.inbox.get(timeout=30)
+        assert decode(got.topic, got.payload).seq == 8 and collector.reconnects == 0
+    finally:
+        for bus in buses:
+            bus.close()
 
 
 # ------------------------------------------------------------------------- credentials.py
