@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = 1
 
 
+#: A reading whose seq is further ahead of its house's newest than this is rejected (a day of readings).
+MAX_SEQ_JUMP = 1440
+
+
 class PredictorNode:
     def __init__(self, bus: Bus, model: Model, node: str | None = None, state_path: Path | None = None) -> None:
         self.bus = bus
@@ -125,6 +129,11 @@ class PredictorNode:
             last = self.last_seq.get(msg.house)
             if last is not None and msg.seq <= last:
                 c["duplicates"] += 1  # QoS 1 redelivery or replay: already forecast
+                continue
+            if last is not None and msg.seq > last + MAX_SEQ_JUMP:
+                # not a loss of a few readings: a broken or forged seq, which would make every
+                # following reading of the house look like a duplicate
+                self.stats.reject(message.topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {last}")
                 continue
             if last is not None and msg.seq > last + 1:
                 c["gaps"] += msg.seq - last - 1

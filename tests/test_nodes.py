@@ -677,3 +677,17 @@ def test_the_collector_reports_a_loss_when_it_finalizes(tmp_path, caplog):
     assert node.missing == ["h000: 1 of 6 readings"]
     assert store.meta()["collector_stats"]["missing"] == ["h000: 1 of 6 readings"]
     assert "incomplete" in caplog.text and "h000: 1 of 6 readings" in caplog.text
+
+
+def test_a_reading_whose_seq_jumps_far_ahead_is_rejected_and_discards_nothing(val):
+    from dataclasses import replace
+
+    from predictor.node import MAX_SEQ_JUMP
+
+    bus = MemoryHub().connect()
+    node = PredictorNode(bus, load_model("persistence"))
+    rs = to_readings(val.iloc[:6])
+    node.handle([msg(rs[0]), msg(replace(rs[1], seq=2**53 - 1)), msg(replace(rs[1], seq=1 + MAX_SEQ_JUMP))])
+    node.handle([msg(r) for r in rs[1:]])
+    c = node.stats.counters
+    assert c["malformed"] == 2 and c["duplicates"] == 0 and c["forecasts"] == 5

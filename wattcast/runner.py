@@ -385,7 +385,11 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             view.close(final_table=False)  # the summary below is the one final table
         if collector.proc.returncode != 0:
             raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
-        simulator.proc.wait(30)
+        try:
+            simulator.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise RunError("the collector finished but the simulator was still replaying 30 s later "
+                           f"(an end of stream it did not send?): {simulator.tail(2)}") from None
         _stop(children)
         watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
         result = scores_from_store(store_path, args.models, args.houses)
