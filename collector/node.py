@@ -56,6 +56,8 @@ class CollectorNode:
         self.last_progress = time.monotonic()
         self.finished = False
         self.missing: list[str] = []
+        self.newest: Reading | None = None  # the newest reading stored
+        self.complete_sent = -1  # Scoreboard.complete when the last Progress was sent
         #: handling lag of every message (s), for the end-of-run percentiles: 8 bytes each
         self.lags = array("d")
         #: the newest Progress sent, when, and how often it was sent again while idle
@@ -75,9 +77,10 @@ class CollectorNode:
         delivers what arrived while it was down.
         """
         db = self.store.db
-        readings = db.execute("SELECT house, ts, global_active_power FROM readings ORDER BY house, ts").fetchall()
-        for house, ts, value in readings:
+        readings = db.execute("SELECT house, ts, seq, global_active_power FROM readings ORDER BY house, ts").fetchall()
+        for house, ts, seq, value in readings:
             self.board.add_actual(house, ts, value)
+            self.board.reading_seqs[house].add(seq)
         rows = db.execute("SELECT house, model, model_version, seq, issued_at, target_ts, value, reading_sent_at "
                           "FROM forecasts ORDER BY house, model, issued_at").fetchall()
         for house, model, version, seq, issued_at, target_ts, value, sent_at in rows:
@@ -148,9 +151,15 @@ class CollectorNode:
         self.store.add_matches(matches)
         self.store.commit()  # before the bus acknowledges the batch
         c["matched"] += len(matches)
-        if readings:  # stored: tell a max-speed simulator how far the collector is
-            newest = readings[-1][0]
-            self.publish_progress(Progress(self.node, newest.house, newest.seq))
+        complete = self.board.complete(self.models)
+        if readings or complete != self.complete_sent:
+            # stored: tell a max-speed simulator how far the collector is, and a simulator
+            # that lost its broker where to send again from
+            newest = readings[-1][0] if readings else self.newest
+            self.newest, self.complete_sent = newest, complete
+            if newest is not None:
+                self.publish_progress(Progress(self.node, newest.house, newest.seq, complete,
+                                               len(self.board.reading_seqs)))
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
         if readings or forecasts:

@@ -71,6 +71,29 @@ class ModelScore:
         return max(self.window_sse, 0.0) / len(self.window) if self.window else 0.0
 
 
+class SeqPrefix:
+    """The longest run of sequence numbers ``start, start + 1, ...`` seen so far, holes remembered."""
+
+    __slots__ = ("next", "ahead")
+
+    def __init__(self, start: int = 0) -> None:
+        self.next = start
+        self.ahead: set[int] = set()
+
+    def add(self, seq: int) -> None:
+        if seq < self.next:
+            return
+        self.ahead.add(seq)
+        while self.next in self.ahead:
+            self.ahead.discard(self.next)
+            self.next += 1
+
+    @property
+    def last(self) -> int:
+        """The newest seq with every earlier one seen (``start - 1``: none)."""
+        return self.next - 1
+
+
 class Scoreboard:
     def __init__(self, window_s: int = 3600) -> None:
         self.window_s = window_s
@@ -80,6 +103,9 @@ class Scoreboard:
         self.seen: dict[tuple[str, str, int], float] = {}  # forecast key -> value
         self.scores: dict[tuple[str, str], ModelScore] = {}
         self.last_forecast_seq: dict[tuple[str, str], int] = {}
+        #: per house the readings' seqs, per (house, model) the forecasts' (the first comes after reading 1)
+        self.reading_seqs: dict[str, SeqPrefix] = defaultdict(SeqPrefix)
+        self.forecast_seqs: dict[tuple[str, str], SeqPrefix] = defaultdict(lambda: SeqPrefix(1))
         self.duplicates = 0
 
     def _score(self, house: str, model: str) -> ModelScore:
@@ -97,7 +123,9 @@ class Scoreboard:
     def add_reading(self, r: Reading) -> list[Match] | None:
         """Matches completed by this reading; None if the reading was already known; Conflict if
         another value is known for its minute."""
-        return self.add_actual(r.house, r.ts, r.global_active_power)
+        new = self.add_actual(r.house, r.ts, r.global_active_power)
+        self.reading_seqs[r.house].add(r.seq)
+        return new
 
     def add_actual(self, house: str, ts: int, value: float) -> list[Match] | None:
         known = self.actuals[house]
@@ -123,6 +151,7 @@ class Scoreboard:
             self.duplicates += 1
             return False, None
         self.seen[key] = f.value
+        self.forecast_seqs[(f.house, f.model)].add(f.seq)
         self._score(f.house, f.model)
         mkey = (f.house, f.model)
         self.last_forecast_seq[mkey] = max(self.last_forecast_seq.get(mkey, -1), f.seq)
@@ -131,6 +160,14 @@ class Scoreboard:
             self.waiting[f.house][f.target_ts].append(f)
             return True, None
         return True, self._match(f, actual)
+
+    def complete(self, models: tuple[str, ...]) -> int:
+        """The newest minute up to which every house seen has every reading and every model's
+        forecast, with no hole (-1: none): what a simulator need not send again."""
+        if not self.reading_seqs:
+            return -1
+        return min(min(prefix.last, *(self.forecast_seqs[(house, m)].last for m in models))
+                   for house, prefix in self.reading_seqs.items())
 
     def open_counts(self, house: str, model: str) -> tuple[int, int]:
         """(unmatched, pending): waiting forecasts whose target is already past / still ahead."""

@@ -240,17 +240,39 @@ def test_collector_publishes_its_progress_after_each_batch_with_new_readings(tmp
 
     node.handle([msg(reading("h000", 5, T0 + 300, 1.5)), msg(reading("h001", 5, T0 + 300, 1.0)),
                  msg(fc("persistence", T0, 1.0))])
-    assert progress() == [Progress("collector", "h001", 5)]  # the newest reading of the batch
+    # the newest reading of the batch; nothing complete yet (minutes 0-4 are missing), 2 houses seen
+    assert progress() == [Progress("collector", "h001", 5, -1, 2)]
     node.handle([msg(fc("persistence", T0 + 60, 1.0))])  # no reading: nothing to say
     node.handle([msg(reading("h000", 5, T0 + 300, 1.5))])  # a duplicate: not progress either
     assert len(progress()) == 1
     node.handle([msg(reading("h000", 6, T0 + 360, 2.0))])
-    assert progress()[-1] == Progress("collector", "h000", 6)
+    assert progress()[-1] == Progress("collector", "h000", 6, -1, 2)
     # idle: the newest is sent again (a QoS 0 one lost would stall a simulator), 3 times at most
     for _ in range(5):
         node.progress_at -= 1.0
         node.tick()
-    assert progress()[1:] == [Progress("collector", "h000", 6)] * 4
+    assert progress()[1:] == [Progress("collector", "h000", 6, -1, 2)] * 4
+
+
+def test_the_collectors_progress_says_up_to_which_minute_it_holds_everything(tmp_path):
+    """``complete``: every house's reading and every model's forecast up to that minute, no hole;
+    what a simulator that lost its broker need not send again."""
+    node, bus, store = make_collector(tmp_path, models=("persistence", "linear"))
+
+    def complete() -> int:
+        return [decode(m.topic, m.payload) for m in bus.published if m.topic == progress_topic("collector")][-1].complete
+
+    houses = ("h000", "h001")
+    node.handle([msg(reading(h, k, T0 + 60 * k, 1.0)) for k in range(4) for h in houses])
+    assert complete() == 0  # minute 0 needs no forecast; minute 1 waits for them
+    node.handle([msg(fc(m, T0 + 60 * k, 1.0, house=h, seq=k)) for k in (1, 3) for h in houses
+                 for m in ("persistence", "linear")])
+    assert complete() == 1  # forecast 2 is a hole
+    node.handle([msg(fc(m, T0 + 120, 1.0, house=h, seq=2)) for h in houses for m in ("persistence", "linear")])
+    assert complete() == 3  # the hole filled: everything up to the newest reading
+    # a collector restarted on this store knows the same
+    again, bus2, _ = make_collector(tmp_path, models=("persistence", "linear"))
+    assert again.board.complete(again.models) == 3
 
 
 def test_collector_counts_and_stores_rejections(tmp_path):

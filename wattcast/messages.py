@@ -436,12 +436,17 @@ class Progress(_Payload):
     Readings arrive in the order the simulator published them (minute by minute, the
     houses in a fixed order), so this one reading tells how far every house is done.
     Published (QoS 0, not retained) after each handled batch; a max-speed simulator
-    paces itself on it.
+    paces itself on it.  ``complete``: the newest minute up to which the node holds every
+    reading of the ``houses`` houses it has seen and every model's forecast issued after
+    them, with no hole (-1: none yet); after a broker restart the simulator re-sends from
+    the minute after it.
     """
 
     node: str
     house: str
     seq: int
+    complete: int | None = None
+    houses: int | None = None
 
     _required: ClassVar[tuple[str, ...]] = ("node", "house", "seq")
 
@@ -449,6 +454,10 @@ class Progress(_Payload):
         _check_id("node", self.node)
         _check_id("house", self.house)
         check_int("seq", self.seq)
+        if self.complete is not None:
+            check_int("complete", self.complete, lo=-1)
+        if self.houses is not None:
+            check_int("houses", self.houses)
 
     @property
     def topic(self) -> str:
