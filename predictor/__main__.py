@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
     try:
         serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch,
-              checkpoint=predictor.checkpoint if state_path is not None else None)
+              tick=predictor.tick, checkpoint=predictor.checkpoint if state_path is not None else None)
     finally:
         bus.close()
     return 0

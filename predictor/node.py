@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from wattcast.messages import (
     Reading,
     check_int,
     decode,
+    forecast_topic,
     may_be_retained,
     parse_json,
 )
@@ -45,11 +47,25 @@ STATE_FORMAT = 1
 
 #: A reading whose seq is further ahead of its house's newest than this is rejected (a day of readings).
 MAX_SEQ_JUMP = 1440
+#: How long readings after a hole wait for the missing ones (a simulator sends them again once the
+#: broker is back), and how many at most; then the node goes on past the hole (counted as gaps).
+GAP_WAIT_S = 30.0
+HOLD_MAX = 1440
+#: Forecasts kept per house to send again when their reading comes again (a day of readings).
+RESEND_KEEP = 1440
 
 
 class PredictorNode:
-    def __init__(self, bus: Bus, model: Model, node: str | None = None, state_path: Path | None = None) -> None:
+    def __init__(self, bus: Bus, model: Model, node: str | None = None, state_path: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
+        self.clock = clock
+        #: per house, readings after a hole (seq -> reading) and since when they wait
+        self.held: dict[str, dict[int, Reading]] = {}
+        self.held_since: dict[str, float] = {}
+        #: per house, the forecasts sent lately (seq -> payload), to send again on request
+        self.sent: dict[str, dict[int, bytes]] = {}
+        self.held_restored: dict[str, list[Reading]] = {}
         self.model = model
         self.node = node or f"predictor-{model.name}"
         self.stats = NodeStats(self.node)
@@ -71,6 +87,8 @@ class PredictorNode:
             "model_version": self.model.version,
             "saved_at": time.time(),
             "houses": {h: {"last_seq": self.last_seq[h], "state": f.state()} for h, f in self.houses.items()},
+            # readings after a hole, acknowledged to the broker but not learnt yet
+            "held": {h: [r.to_dict() for r in held.values()] for h, held in self.held.items()},
         }
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -89,6 +107,9 @@ class PredictorNode:
             return
         for house, (seq, forecaster) in houses.items():
             self.houses[house], self.last_seq[house] = forecaster, seq
+        for house, readings in self.held_restored.items():
+            self.held[house] = {r.seq: r for r in readings}
+            self.held_since[house] = self.clock()
         self.stats.counters["restored_houses"] = len(houses)
         log.info("%s: restored %d house(s) from %s", self.node, len(houses), self.state_path)
 
@@ -107,6 +128,8 @@ class PredictorNode:
             if query is not None and not np.isfinite(self.model.predict([query])).all():
                 raise ValueError(f"house {house!r}: its state forecasts a value that is not finite")
             houses[house] = (seq, forecaster)
+        self.held_restored = {house: [Reading.from_dict(r) for r in readings]
+                              for house, readings in doc.get("held", {}).items() if house in houses}
         return houses
 
     def handle(self, batch: list[Message]) -> None:
@@ -126,28 +149,77 @@ class PredictorNode:
             if not isinstance(msg, Reading):
                 continue  # statuses and other kinds are not ours
             c["received"] += 1
-            last = self.last_seq.get(msg.house)
-            if last is not None and msg.seq <= last:
-                c["duplicates"] += 1  # QoS 1 redelivery or replay: already forecast
-                continue
-            if last is not None and msg.seq > last + MAX_SEQ_JUMP:
-                # not a loss of a few readings: a broken or forged seq, which would make every
-                # following reading of the house look like a duplicate
-                self.stats.reject(message.topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {last}")
-                continue
-            if last is not None and msg.seq > last + 1:
-                c["gaps"] += msg.seq - last - 1
-                log.warning("%s: house %s skipped from seq %d to %d", self.node, msg.house, last, msg.seq)
-            self.last_seq[msg.house] = msg.seq
-            forecaster = self.houses.get(msg.house)
-            if forecaster is None:
-                forecaster = self.houses[msg.house] = self.model.new_forecaster()
-            forecaster.learn_one(msg)
-            query = forecaster.query()
-            if query is not None:
-                pending.append((msg, query))
+            self._take(msg, pending, message.topic)
+        self._forecast(pending)
+
+    def tick(self) -> bool:
+        """Go on past a hole that was not filled in time (``GAP_WAIT_S``); never ends the node."""
+        now = self.clock()
+        pending: list[tuple[Reading, object]] = []
+        for house in [h for h, since in self.held_since.items() if now - since >= GAP_WAIT_S]:
+            self._release(house, pending)
+        self._forecast(pending)
+        return False
+
+    def _take(self, msg: Reading, pending: list, topic: str) -> None:
+        c = self.stats.counters
+        house = msg.house
+        last = self.last_seq.get(house)
+        if last is not None and msg.seq <= last:
+            c["duplicates"] += 1  # QoS 1 redelivery, or a simulator sending again after a broker restart
+            sent = self.sent.get(house, {}).get(msg.seq)
+            if sent is not None:  # its forecast may be what the broker lost: send it again (deduplicated)
+                self.bus.publish(forecast_topic(house, self.model.name), sent, qos=1)
+                c["resent"] += 1
+            return
+        if last is not None and msg.seq > last + MAX_SEQ_JUMP:
+            # not a loss of a few readings: a broken or forged seq, which would make every
+            # following reading of the house look like a duplicate
+            self.stats.reject(topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {last}")
+            return
+        if last is not None and msg.seq > last + 1:
+            # a hole: readings a broker lost, which the simulator sends again; learning past
+            # them would change this house's forecasts for good, so wait for them a while
+            held = self.held.setdefault(house, {})
+            held[msg.seq] = msg
+            self.held_since.setdefault(house, self.clock())
+            if len(held) > HOLD_MAX:
+                self._release(house, pending)
+            return
+        self._learn(msg, pending)
+        held = self.held.get(house)
+        while held and self.last_seq[house] + 1 in held:
+            self._learn(held.pop(self.last_seq[house] + 1), pending)
+        if held is not None and not held:
+            del self.held[house]
+            del self.held_since[house]
+
+    def _release(self, house: str, pending: list) -> None:
+        """Go on with the held readings of ``house`` past their holes (counted as gaps)."""
+        c = self.stats.counters
+        held = self.held.pop(house, {})
+        self.held_since.pop(house, None)
+        for seq in sorted(held):
+            last = self.last_seq[house]
+            if seq > last + 1:
+                c["gaps"] += seq - last - 1
+                log.warning("%s: house %s skipped from seq %d to %d", self.node, house, last, seq)
+            self._learn(held[seq], pending)
+
+    def _learn(self, msg: Reading, pending: list) -> None:
+        self.last_seq[msg.house] = msg.seq
+        forecaster = self.houses.get(msg.house)
+        if forecaster is None:
+            forecaster = self.houses[msg.house] = self.model.new_forecaster()
+        forecaster.learn_one(msg)
+        query = forecaster.query()
+        if query is not None:
+            pending.append((msg, query))
+
+    def _forecast(self, pending: list[tuple[Reading, object]]) -> None:
         if not pending:
             return
+        c = self.stats.counters
         values = self.model.predict([q for _, q in pending])
         c["predict_calls"] += 1
         horizon = self.model.horizon_s
@@ -163,5 +235,9 @@ class PredictorNode:
                     log.warning("%s: no forecast for house %s seq %d (%d so far): %s", self.node, reading.house,
                                 reading.seq, c["bad_forecasts"], exc)
                 continue
-            self.bus.publish(forecast.topic, forecast.to_json(), qos=1)
+            payload = forecast.to_json()
+            self.bus.publish(forecast.topic, payload, qos=1)
+            sent = self.sent.setdefault(reading.house, {})
+            sent[reading.seq] = payload
+            sent.pop(reading.seq - RESEND_KEEP, None)
             c["forecasts"] += 1
