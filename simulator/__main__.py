@@ -10,6 +10,7 @@ from wattcast.config import (
     ENV_AWAIT_NODES,
     ENV_HOUSES,
     ENV_MODELS,
+    ENV_RECOVER_FROM,
     ENV_SPEED,
     ENV_WAIT_FOR,
     Parser,
@@ -60,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-for", nargs="*", metavar="NODE", default=waits.split(",") if waits else [],
                    help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
                         f"(env {ENV_WAIT_FOR}, comma-separated)")
+    p.add_argument("--recover-from", metavar="NODE", default=env_default(ENV_RECOVER_FROM),
+                   help="after losing the broker, send again what this node (the collector) does not hold "
+                        "completely, once it and the --wait-for nodes are back; and end only when it holds "
+                        f"everything (env {ENV_RECOVER_FROM}; default: off)")
     p.add_argument("--wait-timeout", type=positive_float, default=300.0, help="seconds to wait for them (default 300)")
     p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
@@ -103,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         at_max = args.speed is None
         sim = Simulator(bus, streams, args.speed, qos=args.qos, window=args.window,
                         await_models=tuple(args.await_models) if at_max else (),
-                        await_nodes=tuple(args.await_nodes) if at_max else ())
+                        await_nodes=tuple(args.await_nodes) if at_max else (),
+                        recover_from=args.recover_from, recover_nodes=tuple(args.wait_for),
+                        recover_wait_s=args.wait_timeout)
         sim.run(stop.is_set)
         stats.counters["published"] = sim.published
+        stats.counters["resent"] = sim.resent
         stats.counters["malformed"] = sim.malformed
         bus.publish(status_topic(args.node), status(args.node, "simulator", "offline", stats).to_json(), retain=True)
         bus.flush(timeout=30)

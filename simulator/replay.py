@@ -47,6 +47,7 @@ from wattcast.messages import (
     forecast_topic,
     house_ids,
     progress_topic,
+    status_topic,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ class Simulator:
     def __init__(self, bus: Bus, streams: list[HouseStream], speed: float | None = None,
                  progress: Callable[[str], None] | None = None, qos: int = 1,
                  await_models: tuple[str, ...] = (), window: int = DEFAULT_WINDOW, stall_s: float = 10.0,
-                 await_nodes: tuple[str, ...] = ()) -> None:
+                 await_nodes: tuple[str, ...] = (), recover_from: str | None = None,
+                 recover_nodes: tuple[str, ...] = (), recover_wait_s: float = 300.0) -> None:
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or 'max', got {speed}")
         if window < 1:
@@ -145,6 +147,20 @@ class Simulator:
                           qos=0)
         if self.await_nodes:
             bus.subscribe(*(progress_topic(n) for n in sorted(self.await_nodes)), qos=0)
+        #: Recovery from a broker that lost what it had acknowledged (see :meth:`_rewind`): the
+        #: node whose Progress says up to which minute everything is stored (the collector), and
+        #: the nodes to wait for before sending again.
+        self.recover_from = recover_from
+        self.recover_nodes = set(recover_nodes) | ({recover_from} if recover_from else set())
+        self.recover_wait_s = recover_wait_s
+        self.complete = -1  # the recover_from node's newest complete minute (over every house)
+        self.complete_houses = 0  # ... over this many houses
+        self.resent = 0
+        self.seen_reconnects = 0
+        self.recover_gone = False
+        if recover_from:
+            bus.subscribe(progress_topic(recover_from), qos=0)
+            bus.subscribe(ALL_STATUS)
         self.streams = streams
         self.speed = speed
         self.qos = qos
@@ -152,46 +168,140 @@ class Simulator:
         self.published = 0
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> int:
-        """Publish every reading, then an end-of-stream per house; returns the readings published."""
+        """Publish every reading, then an end-of-stream per house; returns the readings published.
+
+        With ``recover_from``, a lost broker connection is followed by a rewind: once the
+        nodes are back, the readings from the first minute not known to be stored with all
+        its forecasts are sent again (:meth:`_rewind`), and the replay ends only once the
+        collector holds everything (or stops making progress).
+        """
         minutes = max(len(s) for s in self.streams)
         total = sum(len(s) for s in self.streams)
         start = time.monotonic()
         next_report = start + 2.0
         seconds_per_minute = None if self.speed is None else 60.0 / self.speed
-        for i in range(minutes):
+        self.seen_reconnects = self._reconnects()
+        sent_up_to = -1  # the newest minute ever published (a rewind sends earlier ones again)
+        i = 0
+        while True:
+            while i < minutes:
+                if stop():
+                    self.progress(f"simulator: stopped after {self.published}/{total} readings")
+                    break
+                if self.recover_from:
+                    self._take_forecasts()  # keeps the collector's complete minute current
+                    if self._reconnects() != self.seen_reconnects:
+                        i, self.seen_reconnects = self._rewind(i, stop), self._reconnects()
+                if seconds_per_minute is not None and i > sent_up_to:
+                    delay = start + i * seconds_per_minute - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if self.await_models or self.await_nodes:
+                    # ``window`` readings in flight over all houses: so many minutes behind
+                    self._await_window(i - max(1, self.window // len(self.streams)), stop)
+                with self.bus.batched():  # one minute of every house
+                    for s in self.streams:
+                        if i >= len(s):
+                            continue
+                        reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time())
+                        self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
+                        if i > sent_up_to:
+                            self.published += 1
+                        else:
+                            self.resent += 1
+                sent_up_to = max(sent_up_to, i)
+                i += 1
+                now = time.monotonic()
+                if now >= next_report:
+                    rate = self.published / (now - start)
+                    self.progress(f"simulator: {self.published}/{total} readings "
+                                  f"({100 * self.published / total:.0f} %), {rate:,.0f}/s, {len(self.streams)} house(s)"
+                                  + (f", {self.resent} sent again" if self.resent else ""))
+                    next_report = now + 2.0
             if stop():
-                self.progress(f"simulator: stopped after {self.published}/{total} readings")
                 break
-            if seconds_per_minute is not None:
-                delay = start + i * seconds_per_minute - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            if self.await_models or self.await_nodes:
-                # ``window`` readings in flight over all houses: so many minutes behind
-                self._await_window(i - max(1, self.window // len(self.streams)), stop)
-            with self.bus.batched():  # one minute of every house
-                for s in self.streams:
-                    if i >= len(s):
-                        continue
-                    reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time())
-                    self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
-                    self.published += 1
-            now = time.monotonic()
-            if now >= next_report:
-                rate = self.published / (now - start)
-                self.progress(f"simulator: {self.published}/{total} readings ({100 * self.published / total:.0f} %), "
-                              f"{rate:,.0f}/s, {len(self.streams)} house(s)")
-                next_report = now + 2.0
-        else:
             for s in self.streams:
                 if len(s):
                     end = EndOfStream(s.house, len(s), len(s) - 1, s.ts_at(len(s) - 1))
                     self.bus.publish(end.topic, end.to_json(), qos=1)
+            if not self.recover_from:
+                break
+            rewind = self._await_complete(minutes - 1, stop)
+            if rewind is None:
+                break
+            i, self.seen_reconnects = rewind, self._reconnects()
         self.bus.flush(timeout=60)
         elapsed = time.monotonic() - start
         self.progress(f"simulator: published {self.published} readings in {elapsed:.2f} s "
-                      f"({self.published / max(elapsed, 1e-9):,.0f}/s)")
+                      f"({self.published / max(elapsed, 1e-9):,.0f}/s)"
+                      + (f"; {self.resent} sent again after losing the broker" if self.resent else ""))
         return self.published
+
+    def _reconnects(self) -> int:
+        return int(getattr(self.bus, "reconnects", 0))
+
+    def _rewind(self, at: int, stop: Callable[[], bool]) -> int:
+        """The broker connection was lost at minute ``at``: where to go on from.
+
+        A broker acknowledges a message before it is on disk, so one that dies loses what
+        it held: readings and forecasts that no node can ask for again.  Once the nodes are
+        back (a live status from each after the reconnection: their subscriptions are then
+        in place again), the replay goes on from the minute after the last one the collector
+        holds completely; predictors answer a reading they have seen with its forecast again,
+        and the collector drops what it already has.
+        """
+        self._await_live(stop)
+        houses_ok = self.complete_houses == len(self.streams)
+        frm = min(at, self.complete + 1) if houses_ok else 0
+        log.warning("simulator: the broker connection was lost at minute %d; sending again from minute %d", at, frm)
+        self.progress(f"simulator: lost the broker at minute {at}; nodes back, sending again from minute {frm}")
+        return frm
+
+    def _await_live(self, stop: Callable[[], bool]) -> None:
+        """Block until every node to recover with has published a live (not retained) online status
+        since the last reconnection; another reconnection meanwhile starts the wait again."""
+        deadline = time.monotonic() + self.recover_wait_s
+        reconnects, live = self._reconnects(), set()
+        while not self.recover_nodes <= live and not stop():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nodes not back after losing the broker ({self.recover_wait_s:.0f} s): "
+                                   f"{', '.join(sorted(self.recover_nodes - live))}")
+            if self._reconnects() != reconnects:
+                reconnects, live = self._reconnects(), set()
+            try:
+                message = self.bus.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if "/status/" in message.topic and not message.retain:
+                try:
+                    msg = decode(message.topic, message.payload)
+                except MessageError:
+                    continue
+                if isinstance(msg, Status) and msg.state == "online":
+                    live.add(msg.node)
+            else:
+                self._note(message)
+
+    def _await_complete(self, last: int, stop: Callable[[], bool]) -> int | None:
+        """After the ends: wait until the collector holds every minute up to ``last``; the minute to
+        send again from if the broker connection was lost meanwhile, else None.  Gives up (None)
+        when the collector's complete minute stops moving for ``stall_s`` x 3: the collector then
+        names what is missing."""
+        moved, seen = time.monotonic(), self.complete
+        while not stop():
+            self._take_forecasts()
+            if self._reconnects() != self.seen_reconnects:
+                return self._rewind(last + 1, stop)
+            if self.complete >= last and self.complete_houses == len(self.streams) or self.recover_gone:
+                return None
+            if self.complete != seen:
+                moved, seen = time.monotonic(), self.complete
+            elif time.monotonic() - moved > 3 * self.stall_s:
+                log.warning("simulator: %s holds everything only up to minute %d of %d; not waiting longer",
+                            self.recover_from, self.complete, last)
+                return None
+            time.sleep(0.05)
+        return None
 
     def _last_house(self, seq: int) -> str | None:
         """The house published last in minute ``seq`` (None after the end of every stream)."""
@@ -211,6 +321,8 @@ class Simulator:
             return
         last_progress = time.monotonic()
         while not stop():
+            if self.recover_from and self._reconnects() != self.seen_reconnects:
+                return  # the broker was lost: the replay goes back first (run)
             if self._take_forecasts():
                 last_progress = time.monotonic()
             models = [m for m in self.await_models if self.forecast_seq.get((last, m), -1) < seq]
@@ -243,6 +355,10 @@ class Simulator:
 
     def _note(self, message) -> bool:
         """Take a forecast or a node's progress into account; True if it moved a model or node forward."""
+        if self.recover_from and message.topic == status_topic(self.recover_from) and not message.retain:
+            # the collector said goodbye (finished, or stopped): nothing more to wait for from it
+            self.recover_gone = b'"offline"' in message.payload
+            return False
         if "/forecast/" not in message.topic and "/progress/" not in message.topic:
             return False  # e.g. node statuses
         try:
@@ -257,6 +373,10 @@ class Simulator:
                 self.forecast_seq[key] = msg.seq
                 return True
         elif isinstance(msg, Progress):
+            if msg.node == self.recover_from and msg.complete is not None:
+                self.complete, self.complete_houses = msg.complete, msg.houses or 0
+            if msg.node not in self.await_nodes:
+                return False
             # minute seq is done once the house published last in it is
             minute = msg.seq if msg.house == self._last_house(msg.seq) else msg.seq - 1
             if minute > self.node_minute.get(msg.node, -1):

@@ -342,7 +342,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         simulator_node = f"simulator{suffix}"
         sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
                     "max" if args.speed is None else str(args.speed), "--node", simulator_node,
-                    "--wait-for", collector_node, *predictor_nodes.values()]
+                    "--wait-for", collector_node, *predictor_nodes.values(), "--recover-from", collector_node]
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
         if args.speed is None:
