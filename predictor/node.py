@@ -172,10 +172,12 @@ class PredictorNode:
                 self.bus.publish(forecast_topic(house, self.model.name), sent, qos=1)
                 c["resent"] += 1
             return
-        if last is not None and msg.seq > last + MAX_SEQ_JUMP:
+        held = self.held.get(house)
+        newest = max(last, max(held)) if held and last is not None else last  # held: after a hole
+        if newest is not None and msg.seq > newest + MAX_SEQ_JUMP:
             # not a loss of a few readings: a broken or forged seq, which would make every
             # following reading of the house look like a duplicate
-            self.stats.reject(topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {last}")
+            self.stats.reject(topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {newest}")
             return
         if last is not None and msg.seq > last + 1:
             # a hole: readings a broker lost, which the simulator sends again; learning past

@@ -60,8 +60,15 @@ def _stored(db: Path) -> int:
         return 0
 
 
-def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = True) -> dict:
-    """A full replay whose broker is SIGKILLed once the collector holds ``kill_at`` readings."""
+def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = True,
+                               collector_down: bool = False) -> dict:
+    """A full replay whose broker is SIGKILLed once the collector holds ``kill_at`` readings.
+
+    ``collector_down``: first kill the collector too (SIGKILL) and wait until the broker has
+    queued readings for its persistent session (a spy sees the simulator 8 minutes further):
+    the broker's crash then surely loses those, which only its memory held.  The collector is
+    restarted (from its store) once the broker is back.
+    """
     broker = PrivateBroker(workdir=tmp_path / "broker", prefer="mosquitto").start()
     db = tmp_path / "w.db"
     procs: list[subprocess.Popen] = []
@@ -80,10 +87,28 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
         while (stored := _stored(db)) < kill_at:
             assert sim.poll() is None and time.monotonic() < deadline, (stored, (tmp_path / "simulator.log").read_text())
             time.sleep(0.005)
+        if collector_down:
+            procs[0].kill()
+            procs[0].wait()
+            from wattcast.bus import BrokerConfig, MqttBus
+            from wattcast.messages import ALL_READINGS, decode
+
+            spy = MqttBus(BrokerConfig(broker.host, broker.port), f"spy-{os.getpid()}", session=False).connect()
+            spy.subscribe(ALL_READINGS)
+            newest, deadline = -1, time.monotonic() + 120
+            while newest < stored + 8:
+                assert time.monotonic() < deadline, f"the simulator did not go on past {newest}"
+                try:
+                    newest = max(newest, decode((m := spy.inbox.get(timeout=0.5)).topic, m.payload).seq)
+                except Exception:
+                    continue
+            spy.close()
         broker.kill()
         broker.start()  # same port, same persistence folder
-        collector = procs[0]
-        assert collector.wait(timeout=300) == 0, (tmp_path / "collector.log").read_text()[-3000:]
+        if collector_down:
+            procs[0] = _spawn("collector", "--broker", url, "--store", str(db), "--models", *MODELS, "--exit-on-end",
+                              "--drain", "60", log=tmp_path / "collector.log")
+        assert procs[0].wait(timeout=300) == 0, (tmp_path / "collector.log").read_text()[-3000:]
         assert sim.wait(timeout=120) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
     finally:
         for p in procs:
@@ -115,6 +140,28 @@ def test_a_broker_killed_mid_replay_loses_nothing_the_endpoints_cannot_recover(t
     for model, (n, mse) in offline.items():
         live_n, live_mse = got["scores"][model]
         assert live_n == n and math.isclose(live_mse, mse, rel_tol=1e-9), (model, got["scores"][model], n, mse)
+
+
+def test_what_a_crash_surely_lost_is_sent_again(tmp_path, offline):
+    """The collector down while the broker queues readings and forecasts for it: the crash loses
+    them (only the broker's memory held them); the endpoints recover every one."""
+    if available_kind("mosquitto") is None:
+        pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
+    got = replay_with_a_broker_crash(tmp_path, 2000, collector_down=True)
+    assert got["missing"] == []
+    assert "sent again after losing the broker" in got["simulator_log"]
+    for model, (n, mse) in offline.items():
+        live_n, live_mse = got["scores"][model]
+        assert live_n == n and math.isclose(live_mse, mse, rel_tol=1e-9), (model, got["scores"][model], n, mse)
+
+
+def test_without_recovery_what_a_crash_surely_lost_is_named(tmp_path, offline):
+    if available_kind("mosquitto") is None:
+        pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
+    got = replay_with_a_broker_crash(tmp_path, 2000, recover=False, collector_down=True)
+    assert got["missing"], "nothing missing: the crash lost nothing, so this test proves nothing"
+    assert any("readings" in line for line in got["missing"]), got["missing"]
+    assert any(got["scores"][m][0] < n for m, (n, _) in offline.items())
 
 
 def test_without_recovery_the_collector_names_what_the_broker_lost(tmp_path, offline):
