@@ -66,7 +66,7 @@ def _python_blocks(path) -> list[str]:
 
 
 @pytest.mark.integration
-def test_the_docs_paho_examples_run_against_wattcast_run_without_credentials(broker, tmp_path):
+def test_the_docs_paho_examples_run_against_a_broker_without_credentials(broker, tmp_path):
     """They raised KeyError: 'WATTCAST_PASSWORD_VIEWER' against a broker that needs none."""
     import os
     import subprocess
