@@ -18,19 +18,8 @@ import numpy as np
 from collector.scoring import Conflict, Scoreboard
 from collector.store import Store
 from wattcast.bus import Bus, Message
-from wattcast.messages import (
-    MODELS,
-    NOT_RETAINED,
-    EndOfStream,
-    Forecast,
-    MessageError,
-    Progress,
-    Reading,
-    Status,
-    decode,
-    may_be_retained,
-)
-from wattcast.node import NodeStats
+from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status
+from wattcast.node import NodeStats, decode_delivered
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +89,7 @@ class CollectorNode:
         for message in batch:
             c["received"] += 1
             try:
-                if message.retain and not may_be_retained(message.topic):
-                    raise MessageError(NOT_RETAINED)
-                msg = decode(message.topic, message.payload)
+                msg = decode_delivered(message)
             except MessageError as exc:
                 self.stats.reject(message.topic, str(exc))
                 self.store.add_rejection(message.topic, str(exc), message.payload, message.received_at)

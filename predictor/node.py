@@ -26,18 +26,15 @@ import numpy as np
 from wattcast.bus import Bus, Message
 from wattcast.forecasters import Forecaster, Model
 from wattcast.messages import (
-    NOT_RETAINED,
     EndOfStream,
     Forecast,
     MessageError,
     Reading,
     check_int,
-    decode,
     forecast_topic,
-    may_be_retained,
     parse_json,
 )
-from wattcast.node import NodeStats
+from wattcast.node import NodeStats, decode_delivered
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +134,7 @@ class PredictorNode:
         pending: list[tuple[Reading, object]] = []
         for message in batch:
             try:
-                if message.retain and not may_be_retained(message.topic):
-                    raise MessageError(NOT_RETAINED)
-                msg = decode(message.topic, message.payload)
+                msg = decode_delivered(message)
             except MessageError as exc:
                 self.stats.reject(message.topic, str(exc))
                 continue
@@ -172,13 +167,14 @@ class PredictorNode:
                 self.bus.publish(forecast_topic(house, self.model.name), sent, qos=1)
                 c["resent"] += 1
             return
-        held = self.held.get(house)
-        newest = max(last, max(held)) if held and last is not None else last  # held: after a hole
-        if newest is not None and msg.seq > newest + MAX_SEQ_JUMP:
-            # not a loss of a few readings: a broken or forged seq, which would make every
-            # following reading of the house look like a duplicate
-            self.stats.reject(topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {newest}")
-            return
+        if last is not None and msg.seq > last + MAX_SEQ_JUMP:
+            held = self.held.get(house)
+            newest = max(last, max(held)) if held else last  # readings held after a hole count too
+            if msg.seq > newest + MAX_SEQ_JUMP:
+                # not a loss of a few readings: a broken or forged seq, which would make every
+                # following reading of the house look like a duplicate
+                self.stats.reject(topic, f"seq {msg.seq} jumps more than {MAX_SEQ_JUMP} past {newest}")
+                return
         if last is not None and msg.seq > last + 1:
             # a hole: readings a broker lost, which the simulator sends again; learning past
             # them would change this house's forecasts for good, so wait for them a while

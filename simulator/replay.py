@@ -49,6 +49,7 @@ from wattcast.messages import (
     progress_topic,
     status_topic,
 )
+from wattcast.node import decode_delivered
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -300,7 +301,10 @@ class Simulator:
                 log.warning("simulator: %s holds everything only up to minute %d of %d; not waiting longer",
                             self.recover_from, self.complete, last)
                 return None
-            time.sleep(0.05)
+            try:
+                self._note(self.bus.inbox.get(timeout=0.05))
+            except queue.Empty:
+                pass
         return None
 
     def _last_house(self, seq: int) -> str | None:
@@ -362,7 +366,7 @@ class Simulator:
         if "/forecast/" not in message.topic and "/progress/" not in message.topic:
             return False  # e.g. node statuses
         try:
-            msg = decode(message.topic, message.payload)
+            msg = decode_delivered(message)
         except MessageError as exc:
             self.malformed += 1
             log.warning("simulator: ignored a malformed message on %s: %s", message.topic[:120], exc)

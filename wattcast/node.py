@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from wattcast.bus import BrokerConfig, Bus, Message, MqttBus
-from wattcast.messages import Status, status_topic
+from wattcast.messages import NOT_RETAINED, MessageError, Status, decode, may_be_retained, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,14 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def decode_delivered(message: Message):
+    """The payload of a delivered message (``messages.decode``), with the delivery rule a payload
+    cannot carry: only statuses are retained.  MessageError for a message to reject."""
+    if message.retain and not may_be_retained(message.topic):
+        raise MessageError(NOT_RETAINED)
+    return decode(message.topic, message.payload)
 
 
 def drain(bus: Bus, max_batch: int, timeout: float) -> list[Message]:

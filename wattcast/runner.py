@@ -134,10 +134,6 @@ class Watcher:
                 return
             time.sleep(0.05)
 
-    def online(self, node: str) -> bool:
-        s = self.statuses.get(node)
-        return s is not None and s.state == "online"
-
     def counter(self, node: str, name: str) -> int:
         s = self.statuses.get(node)
         return int((s.counters or {}).get(name, 0)) if s else 0
