@@ -18,6 +18,7 @@ from wattcast.config import (
     setup_logging,
 )
 from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
+from wattcast.node import EXIT_INCOMPLETE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-every", type=positive_float, default=1.0, help="seconds between metrics publications")
     p.add_argument("--drain", type=non_negative_float, default=30.0,
                    help="seconds to wait at end of stream for missing final forecasts (default 30)")
-    p.add_argument("--exit-on-end", action="store_true", help="exit once the stream has ended and is scored")
+    p.add_argument("--exit-on-end", action="store_true",
+                   help="exit once the replays that sent anything since the start are scored: 0 if complete, "
+                        f"{EXIT_INCOMPLETE} if a reading or forecast is missing or conflicting")
     add_node_args(p, "collector")
     return p.parse_args(argv)
 
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bus.close()
         store.close()
+    if args.exit_on_end and node.finished and node.failed:
+        # scored, but not all there (a loss) or not all agreeing (a conflict): never a silent 0
+        print(f"collector: error: the scored run is incomplete or conflicting: {'; '.join(node.failed[:8])}"
+              + (" ..." if len(node.failed) > 8 else ""), file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
 
 

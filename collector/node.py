@@ -28,25 +28,76 @@ PROGRESS_RESEND_S = 0.5
 PROGRESS_RESENDS = 3
 
 
+class RunState:
+    """What the collector holds of one run (one replay): its scoreboard, its ends, how far it is."""
+
+    def __init__(self, run: str, window_s: int) -> None:
+        self.run = run
+        self.board = Scoreboard(window_s, run)
+        self.ends: dict[str, EndOfStream] = {}
+        self.finished = False
+        self.missing: list[str] = []
+        self.conflicts = 0
+        #: a message of this run arrived since the collector started (a restored run may get none)
+        self.active = False
+        self.newest: Reading | None = None  # the newest reading stored
+        self.complete_sent = -1  # Scoreboard.complete when the last Progress was sent
+        self.last_progress = time.monotonic()
+
+    def restore(self, store: Store, models: tuple[str, ...]) -> int:
+        """Rebuild the scores from what the store holds of this run; returns the rows taken.
+
+        Matching is order-independent and idempotent, so replaying the stored readings and
+        forecasts gives the state the collector had; the broker's persistent session then
+        delivers what arrived while it was down.
+        """
+        readings = store.run_readings(self.run)
+        for house, ts, seq, value in readings:
+            self.board.add_actual(house, ts, value)
+            self.board.reading_seqs[house].add(seq)
+        forecasts = [f for f in store.run_forecasts(self.run) if f.model in models]
+        for f in forecasts:
+            self.board.add_forecast(f)
+        self.ends = {e.house: e for e in store.run_ends(self.run)}
+        self.finished = store.is_finished(self.run)
+        return len(readings) + len(forecasts)
+
+    def ended(self, models: tuple[str, ...]) -> bool:
+        """Every announced house has the forecast of its last reading from every model."""
+        if not self.ends:
+            return False
+        if not set(self.board.actuals) <= set(self.ends):
+            return False
+        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq
+                   for h in self.ends for m in models)
+
+
 class CollectorNode:
+    """Scores every run it receives, each apart (:class:`RunState`), in one store.
+
+    A run's end of stream is scored once every house has every model's last forecast
+    (or ``drain_s`` passed without news).  With ``--exit-on-end`` the process ends once
+    every run that sent anything since it started is scored: a run the store already
+    holds as finished is not scored again, so a restarted collector waits for the next
+    replay instead of exiting at once.
+    """
+
     def __init__(self, bus: Bus, store: Store, models: tuple[str, ...] = MODELS, window_s: int = 3600,
                  metrics_every: float = 1.0, drain_s: float = 30.0, node: str = "collector") -> None:
         self.bus = bus
         self.store = store
         self.models = tuple(models)
-        self.board = Scoreboard(window_s)
+        self.window_s = window_s
         self.metrics_every = metrics_every
         self.drain_s = drain_s
         self.node = node
         self.stats = NodeStats(node)
-        self.ends: dict[str, EndOfStream] = {}
-        self.dirty: set[tuple[str, str]] = set()
+        self.runs: dict[str, RunState] = {}
+        #: the runs scored since the start: what each lacks, and its conflicts
+        self.scored: dict[str, list[str]] = {}
+        self.conflicts: dict[str, int] = {}
+        self.dirty: set[tuple[str, str, str]] = set()  # (run, house, model)
         self.next_metrics = 0.0
-        self.last_progress = time.monotonic()
-        self.finished = False
-        self.missing: list[str] = []
-        self.newest: Reading | None = None  # the newest reading stored
-        self.complete_sent = -1  # Scoreboard.complete when the last Progress was sent
         #: handling lag of every message (s), for the end-of-run percentiles: 8 bytes each
         self.lags = array("d")
         #: the newest Progress sent, when, and how often it was sent again while idle
@@ -54,38 +105,63 @@ class CollectorNode:
         self.progress_at = 0.0
         self.progress_resends = 0
         self.started = time.time()
-        self.restore()
+        for run in store.unfinished_runs():  # a restarted collector goes on with what it was scoring
+            self.run_state(run)
         store.set_meta("collector", {"models": list(self.models), "window_s": window_s, "started_at": self.started})
         store.commit()
 
-    def restore(self) -> None:
-        """Rebuild the scores from a store that already holds part of this run (a restarted collector).
+    # -- runs ----------------------------------------------------------------------------
+    def run_state(self, run: str) -> RunState:
+        """The state of ``run``: known, restored from the store, or new.  Finished runs nobody
+        writes to any more are let go first (the store has them; a late message restores them)."""
+        state = self.runs.get(run)
+        if state is not None:
+            return state
+        for old in [r for r, st in self.runs.items() if st.finished]:
+            del self.runs[old]
+        state = self.runs[run] = RunState(run, self.window_s)
+        rows = state.restore(self.store, self.models)
+        if rows:
+            self.stats.counters["restored"] += rows
+            log.info("collector: restored %d readings and forecasts of run %s from %s", rows, run, self.store.path)
+        else:
+            log.info("collector: run %s started", run)
+        self.store.add_run(run)
+        return state
 
-        Matching is order-independent and idempotent, so replaying the stored readings and
-        forecasts gives the state the collector had; the broker's persistent session then
-        delivers what arrived while it was down.
-        """
-        db = self.store.db
-        readings = db.execute("SELECT house, ts, seq, global_active_power FROM readings ORDER BY house, ts").fetchall()
-        for house, ts, seq, value in readings:
-            self.board.add_actual(house, ts, value)
-            self.board.reading_seqs[house].add(seq)
-        rows = db.execute("SELECT house, model, model_version, seq, issued_at, target_ts, value, reading_sent_at "
-                          "FROM forecasts ORDER BY house, model, issued_at").fetchall()
-        for house, model, version, seq, issued_at, target_ts, value, sent_at in rows:
-            if model in self.models:
-                self.board.add_forecast(Forecast(house, model, version, seq, issued_at, target_ts, value, sent_at))
-        for house, count, last_seq, last_ts in db.execute("SELECT house, readings, last_seq, last_ts FROM ends"):
-            self.ends[house] = EndOfStream(house, count, last_seq, last_ts)
-        if readings or rows:
-            self.stats.counters["restored"] = len(readings) + len(rows)
-            log.info("collector: restored %d readings and %d forecasts from %s", len(readings), len(rows),
-                     self.store.path)
+    @property
+    def board(self) -> Scoreboard:
+        """The scoreboard of the run seen last (for a look at one run; tests)."""
+        return next(reversed(self.runs.values())).board
+
+    @property
+    def finished(self) -> bool:
+        """A run was scored since the collector started, and every run that sent anything since is."""
+        return bool(self.scored) and all(st.finished for st in self.runs.values() if st.active)
+
+    @property
+    def missing(self) -> list[str]:
+        """What the runs scored since the start lack, one line per house and model (prefixed by the
+        run when several were scored)."""
+        if len(self.scored) == 1:
+            return list(next(iter(self.scored.values())))
+        return [f"run {run}: {line}" for run, lines in self.scored.items() for line in lines]
+
+    @property
+    def failed(self) -> list[str]:
+        """Why the runs scored since the start cannot be trusted: what they lack, and conflicts."""
+        return self.missing + [f"run {run}: {n} conflicting messages (rejections)"
+                               for run, n in self.conflicts.items() if n]
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, batch: list[Message]) -> None:
         c = self.stats.counters
-        readings, forecasts, matches = [], [], []
+        readings: list[tuple[Reading, float]] = []
+        forecasts: list[tuple[Forecast, float]] = []
+        matches: dict[str, list] = {}
+        touched: dict[str, RunState] = {}  # the runs of this batch
+        advanced: set[str] = set()  # ... that got a new reading or forecast
+        fresh_readings: set[str] = set()  # ... that got a new reading
         for message in batch:
             c["received"] += 1
             try:
@@ -94,71 +170,85 @@ class CollectorNode:
                 self.stats.reject(message.topic, str(exc))
                 self.store.add_rejection(message.topic, str(exc), message.payload, message.received_at)
                 continue
+            if isinstance(msg, Status):
+                self.store.set_node(msg)
+                continue
+            if not isinstance(msg, Reading | Forecast | EndOfStream):
+                continue
+            if isinstance(msg, Forecast) and msg.model not in self.models:
+                reason = f"forecast of model {msg.model!r}, which this collector does not score"
+                self.stats.reject(message.topic, reason)
+                self.store.add_rejection(message.topic, reason, message.payload, message.received_at, msg.run)
+                continue
+            st = touched.get(msg.run) or self.run_state(msg.run)
+            touched[msg.run] = st
+            st.active = True
             if isinstance(msg, Reading):
                 try:
-                    new = self.board.add_reading(msg)
+                    new = st.board.add_reading(msg)
                 except Conflict as exc:
-                    self.conflict(message, str(exc))
+                    self.conflict(st, message, str(exc))
                     continue
                 if new is None:
                     c["duplicates"] += 1
                     continue
                 c["readings"] += 1
                 readings.append((msg, message.received_at))
-                matches += new
-                self.dirty.update((m.house, m.model) for m in new)
+                st.newest = msg
+                advanced.add(msg.run)
+                fresh_readings.add(msg.run)
+                matches.setdefault(msg.run, []).extend(new)
+                self.dirty.update((msg.run, m.house, m.model) for m in new)
             elif isinstance(msg, Forecast):
-                if msg.model not in self.models:
-                    reason = f"forecast of model {msg.model!r}, which this collector does not score"
-                    self.stats.reject(message.topic, reason)
-                    self.store.add_rejection(message.topic, reason, message.payload, message.received_at)
-                    continue
                 try:
-                    fresh, match = self.board.add_forecast(msg)
+                    fresh, match = st.board.add_forecast(msg)
                 except Conflict as exc:
-                    self.conflict(message, str(exc))
+                    self.conflict(st, message, str(exc))
                     continue
                 if not fresh:
                     c["duplicates"] += 1
                     continue
                 c["forecasts"] += 1
                 forecasts.append((msg, message.received_at))
-                self.dirty.add((msg.house, msg.model))
+                self.dirty.add((msg.run, msg.house, msg.model))
+                advanced.add(msg.run)
                 if match is not None:
-                    matches.append(match)
-            elif isinstance(msg, EndOfStream):
+                    matches.setdefault(msg.run, []).append(match)
+            else:
                 c["ends"] += 1
-                self.ends[msg.house] = msg
+                st.ends[msg.house] = msg
                 self.store.add_end(msg, message.received_at)
-                self.finished = False
-            elif isinstance(msg, Status):
-                self.store.set_node(msg)
+                st.finished = False
         self.store.add_readings(readings)
         self.store.add_forecasts(forecasts)
-        self.store.add_matches(matches)
+        for run, done in matches.items():
+            self.store.add_matches(run, done)
+            c["matched"] += len(done)
         self.store.commit()  # before the bus acknowledges the batch
-        c["matched"] += len(matches)
-        complete = self.board.complete(self.models)
-        if readings or complete != self.complete_sent:
-            # stored: tell a max-speed simulator how far the collector is, and a simulator
-            # that lost its broker where to send again from
-            newest = readings[-1][0] if readings else self.newest
-            self.newest, self.complete_sent = newest, complete
-            if newest is not None:
-                self.publish_progress(Progress(self.node, newest.house, newest.seq, complete,
-                                               len(self.board.reading_seqs)))
+        moment = time.monotonic()
+        for run, st in touched.items():
+            complete = st.board.complete(self.models)
+            if st.newest is not None and (run in fresh_readings or complete != st.complete_sent):
+                # stored: tell a max-speed simulator how far the collector is, and a simulator
+                # that lost its broker where to send again from
+                st.complete_sent = complete
+                self.publish_progress(Progress(self.node, st.newest.house, st.newest.seq, complete,
+                                               len(st.board.reading_seqs), run=run))
+            if run in advanced:
+                st.last_progress = moment
+                st.finished = False  # scored already: something new arrived late, score it again
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
-        if readings or forecasts:
-            self.last_progress = time.monotonic()
 
-    def conflict(self, message: Message, reason: str) -> None:
+    def conflict(self, st: RunState, message: Message, reason: str) -> None:
         """A second, different message for a key already scored: counted, logged, kept for the report."""
         c = self.stats.counters
         c["conflicts"] += 1
+        st.conflicts += 1
         if c["conflicts"] <= 10 or c["conflicts"] % 1000 == 0:
-            log.warning("collector: %s (topic %s; %d conflicts so far)", reason, message.topic, c["conflicts"])
-        self.store.add_rejection(message.topic, reason, message.payload, message.received_at)
+            log.warning("collector: run %s: %s (topic %s; %d conflicts so far)", st.run, reason, message.topic,
+                        c["conflicts"])
+        self.store.add_rejection(message.topic, reason, message.payload, message.received_at, st.run)
 
     def publish_progress(self, progress: Progress) -> None:
         """QoS 0: it only paces.  Lost (a reconnection), the simulator would wait for it in vain:
@@ -170,25 +260,18 @@ class CollectorNode:
 
     # -- periodic work -------------------------------------------------------------------
     def publish_metrics(self, keys) -> None:
-        for house, model in sorted(keys):
-            m = self.board.metrics(house, model)
+        for run, house, model in sorted(keys):
+            st = self.runs.get(run)
+            if st is None:
+                continue  # let go (finished) since
+            m = st.board.metrics(house, model)
             self.bus.publish(m.topic, m.to_json(), qos=1)
         self.stats.counters["metrics"] += len(keys)
 
-    def complete(self) -> bool:
-        """Every announced house has the forecast of its last reading from every model."""
-        if not self.ends:
-            return False
-        houses = set(self.board.actuals) | set(self.ends)
-        if not houses <= set(self.ends):
-            return False
-        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq
-                   for h in self.ends for m in self.models)
-
     def tick(self) -> bool:
-        """Publish due metrics; resend the newest progress when idle; finalize at end of stream.
+        """Publish due metrics; resend the newest progress when idle; score every run whose stream ended.
 
-        True once finalized.
+        True once every run that sent anything since the start is scored (:attr:`finished`).
         """
         now = time.monotonic()
         if (self.progress is not None and self.progress_resends < PROGRESS_RESENDS
@@ -199,37 +282,43 @@ class CollectorNode:
             self.publish_metrics(self.dirty)
             self.dirty = set()
             self.next_metrics = now + self.metrics_every
-        if self.finished or not self.ends:
-            return self.finished
-        if self.complete() or now - self.last_progress > self.drain_s:
-            if not self.complete():
-                log.warning("collector: end of stream without every final forecast after %.0f s; finalizing",
-                            self.drain_s)
-            self.finalize()
+        for st in list(self.runs.values()):
+            if st.finished or not st.ends:
+                continue
+            if st.ended(self.models) or now - st.last_progress > self.drain_s:
+                if not st.ended(self.models):
+                    log.warning("collector: run %s: end of stream without every final forecast after %.0f s; "
+                                "finalizing", st.run, self.drain_s)
+                self.finalize(st)
         return self.finished
 
-    def finalize(self) -> None:
-        keys = {(h, m) for h in set(self.board.actuals) | set(self.ends) for m in self.models}
-        final = [self.board.metrics(h, m) for h, m in sorted(keys)]
+    def finalize(self, st: RunState) -> None:
+        keys = {(h, m) for h in set(st.board.actuals) | set(st.ends) for m in self.models}
+        final = [st.board.metrics(h, m) for h, m in sorted(keys)]
         self.store.set_summary(final)
         # what the simulator says it published and this store does not hold: a loss, never silent
-        self.missing = self.store.missing(self.models, self.ends)
-        for line in self.missing:
-            log.error("collector: incomplete: the store lacks %s", line)
+        st.missing = self.store.missing(st.run, self.models, st.ends)
+        for line in st.missing:
+            log.error("collector: run %s incomplete: the store lacks %s", st.run, line)
         lags = np.frombuffer(self.lags, dtype=np.float64) * 1000.0
-        self.store.set_meta("collector_stats", {
-            **dict(self.stats.counters),
-            "duplicates_total": self.board.duplicates,
-            "missing": self.missing,
+        stats = {
+            **dict(self.stats.counters),  # the process's, since it started
+            "run": st.run,
+            "conflicts": st.conflicts,
+            "duplicates_total": st.board.duplicates,
+            "missing": st.missing,
             "lag_ms_p50": float(np.percentile(lags, 50)) if lags.size else None,
             "lag_ms_p99": float(np.percentile(lags, 99)) if lags.size else None,
             "lag_ms_max": float(lags.max()) if lags.size else None,
             "finished_at": time.time(),
-        })
+        }
+        self.store.finish_run(st.run, stats)
+        self.store.set_meta("collector_stats", stats)  # of the run finished last
         self.store.commit()
-        self.publish_metrics(keys)
-        self.dirty = set()
-        self.finished = True
+        self.publish_metrics({(st.run, h, m) for h, m in keys})
+        self.dirty = {k for k in self.dirty if k[0] != st.run}
+        st.finished = True
+        self.scored[st.run], self.conflicts[st.run] = list(st.missing), st.conflicts
         for m in final:
-            log.info("collector: %s %-15s n=%d mse=%.4f unmatched=%d pending=%d", m.house, m.model, m.n, m.mse,
-                     m.unmatched, m.pending)
+            log.info("collector: %s %-15s n=%d mse=%.4f unmatched=%d pending=%d (run %s)", m.house, m.model, m.n,
+                     m.mse, m.unmatched, m.pending, st.run)

@@ -1,8 +1,8 @@
 """The offline report: accuracy and cost of every model, from the collector's store alone.
 
-``build_report(db, out)`` reads a collector SQLite store (a finished ``wattcast run``,
-the compose volume, or a copy of either; opened without writing to it) and writes
-into ``out``:
+``build_report(db, out, run=None)`` reads one run of a collector SQLite store (a
+finished ``wattcast run``, the compose volume, or a copy of either; opened without
+writing to it; the newest run unless ``run`` names one) and writes into ``out``:
 
 * ``report.html``: one self-contained file, every plot embedded as a base64 PNG;
 * ``report.md``: the same tables, the plots referenced as the PNG files beside it;
@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from collector.store import StoreError, check_layout, run_stats, runs, select_run, view_run
 from wattcast.messages import MODELS
 
 DPI = 100
@@ -138,8 +139,9 @@ class ReportData:
     from_summary: bool
 
 
-def open_store(db: Path) -> sqlite3.Connection:
-    """The store, opened for reading only; ValueError / FileNotFoundError with one line if it is not one."""
+def open_store(db: Path, run: str | None = None) -> tuple[sqlite3.Connection, str]:
+    """The store, opened for reading only and showing only ``run`` (default: the newest), and that
+    run; ValueError / FileNotFoundError with one line if it is not a store or lacks the run."""
     db = Path(db)
     if not db.exists():
         raise FileNotFoundError(f"no collector store at {db}")
@@ -152,7 +154,6 @@ def open_store(db: Path) -> sqlite3.Connection:
     for mode in ("rw", "ro"):  # rw only so that SQLite removes its -wal/-shm files on close; nothing is written
         try:
             con = sqlite3.connect(f"{uri}?mode={mode}", uri=True)
-            con.execute("PRAGMA query_only = ON")
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             break
         except sqlite3.DatabaseError as exc:
@@ -166,7 +167,30 @@ def open_store(db: Path) -> sqlite3.Connection:
     if missing:
         con.close()
         raise ValueError(f"{db} is not a wattcast collector store (no {', '.join(sorted(missing))} table)")
-    return con
+    try:
+        check_layout(con, db)
+        run = select_run(con, run)
+        view_run(con, run)  # temporary views: every query below sees this run only
+        con.execute("PRAGMA query_only = ON")
+    except StoreError as exc:
+        con.close()
+        raise ValueError(f"{db}: {exc}" if str(db) not in str(exc) else str(exc)) from None
+    return con, run
+
+
+def list_runs(db: Path) -> list[str]:
+    """One line per run of the store, oldest first: id, readings, scored or not (ValueError if not a store)."""
+    con, newest = open_store(db)
+    try:
+        return [f"{r['run']}  {r['readings']:>9,} readings  "
+                f"{'scored ' + _when_wall(r['finished_at']) if r['finished_at'] else 'not scored (yet)'}"
+                + ("  (newest)" if r["run"] == newest else "") for r in runs(con)]
+    finally:
+        con.close()
+
+
+def _when_wall(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _scalar(con: sqlite3.Connection, sql: str, *args: Any) -> Any:
@@ -246,12 +270,13 @@ def _model_order(names: set[str], meta_models: list[str]) -> list[str]:
     return ordered
 
 
-def load_report_data(db: Path, models_dir: Path | None = None) -> ReportData:
-    """Everything the report shows, read from the store (and the artifacts' metadata)."""
+def load_report_data(db: Path, models_dir: Path | None = None, run: str | None = None) -> ReportData:
+    """Everything the report shows of one run (default: the newest), read from the store (and the
+    artifacts' metadata)."""
     from wattcast.forecasters import ArtifactError, default_models_dir, load_model
 
     db = Path(db)
-    con = open_store(db)
+    con, run = open_store(db, run)
     try:
         meta = _meta(con)
         collector_meta = meta.get("collector") or {}
@@ -266,7 +291,7 @@ def load_report_data(db: Path, models_dir: Path | None = None) -> ReportData:
         from_summary = bool(summary)
         rows = summary if from_summary else _rows_from_matches(con)
         if not rows:
-            raise ValueError(f"{db} holds no forecasts: nothing to report (did the run start?)")
+            raise ValueError(f"{db} holds no forecasts of run {run}: nothing to report (did the run start?)")
         if not from_summary:
             notes.append("The store has no summary (the run had not finished): scores come from the matches table; "
                          "'unmatched' counts forecasts without a reading whose target is not after the newest reading.")
@@ -375,6 +400,8 @@ def load_report_data(db: Path, models_dir: Path | None = None) -> ReportData:
         first_ts, last_ts = con.execute("SELECT MIN(ts), MAX(ts) FROM readings").fetchone()
         facts = {
             "db": str(db),
+            "run": run,
+            "runs": [r["run"] for r in runs(con)],
             "houses": len(houses),
             "readings": _scalar(con, "SELECT COUNT(*) FROM readings"),
             "forecasts": _scalar(con, "SELECT COUNT(*) FROM forecasts"),
@@ -383,7 +410,7 @@ def load_report_data(db: Path, models_dir: Path | None = None) -> ReportData:
             "first_ts": first_ts,
             "last_ts": last_ts,
             "window_s": window_s,
-            "collector": meta.get("collector_stats") or {},
+            "collector": run_stats(con, run),
             "collector_rss_kb": collector_counters.get("rss_kb"),
             "started_at": collector_meta.get("started_at"),
         }
@@ -725,8 +752,11 @@ def _when(ts: int | None) -> str:
 def _facts(data: ReportData) -> list[str]:
     f = data.facts
     c = f["collector"]
+    others = len(f.get("runs", [])) - 1
     lines = [
-        f"Store: {f['db']}",
+        f"Store: {f['db']}, run {f['run']}"
+        + (f" (the store holds {others} other run{'s' if others > 1 else ''}: `wattcast report --run`)"
+           if others > 0 else ""),
         f"{f['houses']} house(s), {f['readings']} readings from {_when(f['first_ts'])} to {_when(f['last_ts'])} "
         f"(meter time), {f['forecasts']} forecasts, {f['matches']} matched, {f['rejections']} rejected messages.",
         f"Models: {', '.join(data.models)}. Rolling window {data.window_s // 60} minutes of event time; "
@@ -843,15 +873,17 @@ def render_markdown(data: ReportData, images: list[Path]) -> str:
 
 # ---------------------------------------------------------------------------- entry
 
-def build_report(db: Path, out: Path, models_dir: Path | None = None) -> list[Path]:
-    """Write report.html (self-contained), report.md and the PNG plots into ``out``; returns their paths.
+def build_report(db: Path, out: Path, models_dir: Path | None = None, run: str | None = None) -> list[Path]:
+    """Write report.html (self-contained), report.md and the PNG plots of one run (default: the
+    newest) into ``out``; returns their paths.
 
-    Raises FileNotFoundError / ValueError (one line) if ``db`` is not a collector store with forecasts.
+    Raises FileNotFoundError / ValueError (one line) if ``db`` is not a collector store with
+    forecasts of that run.
     """
-    data = load_report_data(Path(db), models_dir)
+    data = load_report_data(Path(db), models_dir, run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    con = open_store(Path(db))
+    con, _ = open_store(Path(db), data.facts["run"])
     try:
         images = [
             _plot_predicted(con, data, out, "predicted_vs_actual.png", None),

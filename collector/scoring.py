@@ -15,7 +15,7 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from wattcast.messages import Forecast, Metrics, Reading
+from wattcast.messages import DEFAULT_RUN, Forecast, Metrics, Reading
 
 
 class Conflict(ValueError):
@@ -95,8 +95,11 @@ class SeqPrefix:
 
 
 class Scoreboard:
-    def __init__(self, window_s: int = 3600) -> None:
+    """The scores of one run (the caller keeps one per run: keys here are houses, not runs)."""
+
+    def __init__(self, window_s: int = 3600, run: str = DEFAULT_RUN) -> None:
         self.window_s = window_s
+        self.run = run
         self.actuals: dict[str, dict[int, float]] = defaultdict(dict)
         self.newest: dict[str, int] = {}
         self.waiting: dict[str, dict[int, list[Forecast]]] = defaultdict(lambda: defaultdict(list))
@@ -186,4 +189,4 @@ class Scoreboard:
         unmatched, pending = self.open_counts(house, model)
         as_of = s.as_of or self.newest.get(house) or 631152000
         return Metrics(house, model, as_of, s.n, s.mse, math.sqrt(s.mse), s.mae, len(s.window), s.rolling_mse,
-                       self.window_s, unmatched, pending)
+                       self.window_s, unmatched, pending, run=self.run)

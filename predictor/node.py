@@ -1,10 +1,13 @@
 """The predictor's logic, free of MQTT: readings in, forecasts out.
 
-Per house it keeps a :class:`~wattcast.forecasters.Forecaster`; readings of a batch
-are applied in order per house, and the queries of every house and reading in the
-batch are predicted in one call of the model (one NumPy pass for the LSTMs).
+Per stream, a (run, house) pair, it keeps a :class:`~wattcast.forecasters.Forecaster`:
+a second replay (a new run) into a running predictor starts afresh instead of
+looking like repeated readings, and the states of the ``MAX_RUNS`` runs used last are
+kept.  Readings of a batch are applied in order per stream, and the queries of every
+stream and reading in the batch are predicted in one call of the model (one NumPy
+pass for the LSTMs).
 
-With a ``state_path`` the node checkpoints every house's forecaster and newest
+With a ``state_path`` the node checkpoints every stream's forecaster and newest
 sequence number to that JSON file (:meth:`PredictorNode.checkpoint`), and the serve
 loop acknowledges readings only once a checkpoint holds them.  A predictor that is
 killed and restarted loads the file, gets the readings after it again from its
@@ -31,6 +34,7 @@ from wattcast.messages import (
     MessageError,
     Reading,
     check_int,
+    check_run,
     forecast_topic,
     parse_json,
 )
@@ -38,8 +42,11 @@ from wattcast.node import NodeStats, decode_delivered
 
 log = logging.getLogger(__name__)
 
-#: version of the state file's layout
-STATE_FORMAT = 1
+#: version of the state file's layout (2: per run and house)
+STATE_FORMAT = 2
+
+#: A stream: the readings of one house in one run.
+Stream = tuple[str, str]  # (run, house)
 
 
 #: A reading whose seq is further ahead of its house's newest than this is rejected (a day of readings).
@@ -50,6 +57,8 @@ GAP_WAIT_S = 30.0
 HOLD_MAX = 1440
 #: Forecasts kept per house to send again when their reading comes again (a day of readings).
 RESEND_KEEP = 1440
+#: Runs whose forecasters are kept (used last); an older run's are dropped when a new one starts.
+MAX_RUNS = 4
 
 
 class PredictorNode:
@@ -57,24 +66,27 @@ class PredictorNode:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
         self.clock = clock
-        #: per house, readings after a hole (seq -> reading) and since when they wait
-        self.held: dict[str, dict[int, Reading]] = {}
-        self.held_since: dict[str, float] = {}
-        #: per house, the forecasts sent lately (seq -> payload), to send again on request
-        self.sent: dict[str, dict[int, bytes]] = {}
-        self.held_restored: dict[str, list[Reading]] = {}
+        #: per stream, readings after a hole (seq -> reading) and since when they wait
+        self.held: dict[Stream, dict[int, Reading]] = {}
+        self.held_since: dict[Stream, float] = {}
+        #: per stream, the forecasts sent lately (seq -> payload), to send again on request
+        self.sent: dict[Stream, dict[int, bytes]] = {}
+        self.held_restored: dict[Stream, list[Reading]] = {}
+        #: the runs with state here, the one used last at the end
+        self.runs: dict[str, None] = {}
+        self.last_run: str | None = None
         self.model = model
         self.node = node or f"predictor-{model.name}"
         self.stats = NodeStats(self.node)
-        self.houses: dict[str, Forecaster] = {}
-        self.last_seq: dict[str, int] = {}
+        self.houses: dict[Stream, Forecaster] = {}
+        self.last_seq: dict[Stream, int] = {}
         self.state_path = Path(state_path) if state_path is not None else None
         if self.state_path is not None and self.state_path.exists():
             self.load_state()
 
     # -- state across restarts -------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Write every house's state to ``state_path`` (atomically: a crash leaves the old file)."""
+        """Write every stream's state to ``state_path`` (atomically: a crash leaves the old file)."""
         if self.state_path is None:
             return
         doc = {
@@ -83,9 +95,10 @@ class PredictorNode:
             "model": self.model.name,
             "model_version": self.model.version,
             "saved_at": time.time(),
-            "houses": {h: {"last_seq": self.last_seq[h], "state": f.state()} for h, f in self.houses.items()},
-            # readings after a hole, acknowledged to the broker but not learnt yet
-            "held": {h: [r.to_dict() for r in held.values()] for h, held in self.held.items()},
+            "streams": [{"run": run, "house": house, "last_seq": self.last_seq[(run, house)], "state": f.state()}
+                        for (run, house), f in self.houses.items()],
+            # readings after a hole, acknowledged to the broker but not learnt yet (each names its stream)
+            "held": [r.to_dict() for held in self.held.values() for r in held.values()],
         }
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -94,7 +107,7 @@ class PredictorNode:
         self.stats.counters["checkpoints"] += 1
 
     def load_state(self) -> None:
-        """Take the houses' state from ``state_path``; a file that does not fit is logged and left out."""
+        """Take the streams' state from ``state_path``; a file that does not fit is logged and left out."""
         assert self.state_path is not None
         try:
             houses = self._restored(parse_json(self.state_path.read_text()))
@@ -102,31 +115,38 @@ class PredictorNode:
             self.stats.counters["state_errors"] += 1
             log.error("%s: ignored the saved state %s (starting afresh): %s", self.node, self.state_path, exc)
             return
-        for house, (seq, forecaster) in houses.items():
-            self.houses[house], self.last_seq[house] = forecaster, seq
-        for house, readings in self.held_restored.items():
-            self.held[house] = {r.seq: r for r in readings}
-            self.held_since[house] = self.clock()
+        for key, (seq, forecaster) in houses.items():
+            self.houses[key], self.last_seq[key] = forecaster, seq
+            self.runs[key[0]] = None
+        for key, readings in self.held_restored.items():
+            self.held[key] = {r.seq: r for r in readings}
+            self.held_since[key] = self.clock()
         self.stats.counters["restored_houses"] = len(houses)
-        log.info("%s: restored %d house(s) from %s", self.node, len(houses), self.state_path)
+        log.info("%s: restored %d house(s) of %d run(s) from %s", self.node, len(houses), len(self.runs),
+                 self.state_path)
 
-    def _restored(self, doc: Any) -> dict[str, tuple[int, Forecaster]]:
+    def _restored(self, doc: Any) -> dict[Stream, tuple[int, Forecaster]]:
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise ValueError(f"not a wattcast predictor state of format {STATE_FORMAT}")
         if (doc.get("model"), doc.get("model_version")) != (self.model.name, self.model.version):
             raise ValueError(f"saved by model {doc.get('model')} {doc.get('model_version')}, "
                              f"this node runs {self.model.name} {self.model.version}")
         houses = {}
-        for house, entry in doc["houses"].items():
+        for entry in doc["streams"]:
+            key = (check_run(entry["run"]), entry["house"])
+            house = key[1]
             seq = check_int(f"last_seq of house {house!r:.40}", entry["last_seq"])
             forecaster = self.model.new_forecaster()
             forecaster.restore(entry["state"])
             query = forecaster.query()
             if query is not None and not np.isfinite(self.model.predict([query])).all():
                 raise ValueError(f"house {house!r}: its state forecasts a value that is not finite")
-            houses[house] = (seq, forecaster)
-        self.held_restored = {house: [Reading.from_dict(r) for r in readings]
-                              for house, readings in doc.get("held", {}).items() if house in houses}
+            houses[key] = (seq, forecaster)
+        held: dict[Stream, list[Reading]] = {}
+        for r in map(Reading.from_dict, doc.get("held", [])):
+            if (r.run, r.house) in houses:
+                held.setdefault((r.run, r.house), []).append(r)
+        self.held_restored = held
         return houses
 
     def handle(self, batch: list[Message]) -> None:
@@ -151,24 +171,41 @@ class PredictorNode:
         """Go on past a hole that was not filled in time (``GAP_WAIT_S``); never ends the node."""
         now = self.clock()
         pending: list[tuple[Reading, object]] = []
-        for house in [h for h, since in self.held_since.items() if now - since >= GAP_WAIT_S]:
-            self._release(house, pending)
+        for key in [k for k, since in self.held_since.items() if now - since >= GAP_WAIT_S]:
+            self._release(key, pending)
         self._forecast(pending)
         return False
 
+    def _use_run(self, run: str) -> None:
+        """Note that ``run`` is in use; a new one beyond ``MAX_RUNS`` drops the state of the run used longest ago."""
+        if run in self.runs:
+            del self.runs[run]  # to the end: used last
+        elif len(self.runs) >= MAX_RUNS:
+            old = next(iter(self.runs))
+            del self.runs[old]
+            for table in (self.houses, self.last_seq, self.held, self.held_since, self.sent):
+                for key in [k for k in table if k[0] == old]:
+                    del table[key]
+            self.stats.counters["runs_dropped"] += 1
+            log.info("%s: run %s started; dropped the state of run %s (used longest ago)", self.node, run, old)
+        self.runs[run] = None
+        self.last_run = run
+
     def _take(self, msg: Reading, pending: list, topic: str) -> None:
         c = self.stats.counters
-        house = msg.house
-        last = self.last_seq.get(house)
+        if msg.run != self.last_run:
+            self._use_run(msg.run)
+        key = (msg.run, msg.house)
+        last = self.last_seq.get(key)
         if last is not None and msg.seq <= last:
             c["duplicates"] += 1  # QoS 1 redelivery, or a simulator sending again after a broker restart
-            sent = self.sent.get(house, {}).get(msg.seq)
+            sent = self.sent.get(key, {}).get(msg.seq)
             if sent is not None:  # its forecast may be what the broker lost: send it again (deduplicated)
-                self.bus.publish(forecast_topic(house, self.model.name), sent, qos=1)
+                self.bus.publish(forecast_topic(msg.house, self.model.name), sent, qos=1)
                 c["resent"] += 1
             return
         if last is not None and msg.seq > last + MAX_SEQ_JUMP:
-            held = self.held.get(house)
+            held = self.held.get(key)
             newest = max(last, max(held)) if held else last  # readings held after a hole count too
             if msg.seq > newest + MAX_SEQ_JUMP:
                 # not a loss of a few readings: a broken or forged seq, which would make every
@@ -178,37 +215,38 @@ class PredictorNode:
         if last is not None and msg.seq > last + 1:
             # a hole: readings a broker lost, which the simulator sends again; learning past
             # them would change this house's forecasts for good, so wait for them a while
-            held = self.held.setdefault(house, {})
+            held = self.held.setdefault(key, {})
             held[msg.seq] = msg
-            self.held_since.setdefault(house, self.clock())
+            self.held_since.setdefault(key, self.clock())
             if len(held) > HOLD_MAX:
-                self._release(house, pending)
+                self._release(key, pending)
             return
         self._learn(msg, pending)
-        held = self.held.get(house)
-        while held and self.last_seq[house] + 1 in held:
-            self._learn(held.pop(self.last_seq[house] + 1), pending)
+        held = self.held.get(key)
+        while held and self.last_seq[key] + 1 in held:
+            self._learn(held.pop(self.last_seq[key] + 1), pending)
         if held is not None and not held:
-            del self.held[house]
-            del self.held_since[house]
+            del self.held[key]
+            del self.held_since[key]
 
-    def _release(self, house: str, pending: list) -> None:
-        """Go on with the held readings of ``house`` past their holes (counted as gaps)."""
+    def _release(self, key: Stream, pending: list) -> None:
+        """Go on with the held readings of stream ``key`` past their holes (counted as gaps)."""
         c = self.stats.counters
-        held = self.held.pop(house, {})
-        self.held_since.pop(house, None)
+        held = self.held.pop(key, {})
+        self.held_since.pop(key, None)
         for seq in sorted(held):
-            last = self.last_seq[house]
+            last = self.last_seq[key]
             if seq > last + 1:
                 c["gaps"] += seq - last - 1
-                log.warning("%s: house %s skipped from seq %d to %d", self.node, house, last, seq)
+                log.warning("%s: house %s of run %s skipped from seq %d to %d", self.node, key[1], key[0], last, seq)
             self._learn(held[seq], pending)
 
     def _learn(self, msg: Reading, pending: list) -> None:
-        self.last_seq[msg.house] = msg.seq
-        forecaster = self.houses.get(msg.house)
+        key = (msg.run, msg.house)
+        self.last_seq[key] = msg.seq
+        forecaster = self.houses.get(key)
         if forecaster is None:
-            forecaster = self.houses[msg.house] = self.model.new_forecaster()
+            forecaster = self.houses[key] = self.model.new_forecaster()
         forecaster.learn_one(msg)
         query = forecaster.query()
         if query is not None:
@@ -225,7 +263,7 @@ class PredictorNode:
             try:
                 forecast = Forecast(
                     reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
-                    reading.ts + horizon, float(value), reading.sent_at,
+                    reading.ts + horizon, float(value), reading.sent_at, run=reading.run,
                 )
             except MessageError as exc:  # e.g. a model that diverged to NaN for one house: not the others
                 c["bad_forecasts"] += 1
@@ -235,7 +273,7 @@ class PredictorNode:
                 continue
             payload = forecast.to_json()
             self.bus.publish(forecast.topic, payload, qos=1)
-            sent = self.sent.setdefault(reading.house, {})
+            sent = self.sent.setdefault((reading.run, reading.house), {})
             sent[reading.seq] = payload
             sent.pop(reading.seq - RESEND_KEEP, None)
             c["forecasts"] += 1

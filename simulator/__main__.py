@@ -11,6 +11,7 @@ from wattcast.config import (
     ENV_HOUSES,
     ENV_MODELS,
     ENV_RECOVER_FROM,
+    ENV_RUN,
     ENV_SPEED,
     ENV_WAIT_FOR,
     Parser,
@@ -20,6 +21,7 @@ from wattcast.config import (
     env_default,
     positive_float,
     positive_int,
+    run_id,
     setup_logging,
 )
 from wattcast.messages import MODELS
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after losing the broker, send again what this node (the collector) does not hold "
                         "completely, once it and the --wait-for nodes are back; and end only when it holds "
                         f"everything (env {ENV_RECOVER_FROM}; default: off)")
+    p.add_argument("--run", type=run_id, default=env_default(ENV_RUN),
+                   help="the id of this replay, on every message it causes; nodes that are still running "
+                        f"score a new run apart (env {ENV_RUN}; default: a new one, UTC start time + random)")
     p.add_argument("--wait-timeout", type=positive_float, default=300.0, help="seconds to wait for them (default 300)")
     p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                         await_models=tuple(args.await_models) if at_max else (),
                         await_nodes=tuple(args.await_nodes) if at_max else (),
                         recover_from=args.recover_from, recover_nodes=tuple(args.wait_for),
-                        recover_wait_s=args.wait_timeout)
+                        recover_wait_s=args.wait_timeout, run=args.run)
+        print(f"simulator: run {sim.run_id}", file=sys.stderr, flush=True)
         sim.run(stop.is_set)
         stats.counters["published"] = sim.published
         stats.counters["resent"] = sim.resent

@@ -36,6 +36,7 @@ import numpy as np
 from wattcast.bus import Bus
 from wattcast.messages import (
     ALL_STATUS,
+    FRESH_STATUS_S,
     READING_FIELDS,
     EndOfStream,
     Forecast,
@@ -46,6 +47,7 @@ from wattcast.messages import (
     decode,
     forecast_topic,
     house_ids,
+    new_run_id,
     progress_topic,
     status_topic,
 )
@@ -128,12 +130,14 @@ class Simulator:
                  progress: Callable[[str], None] | None = None, qos: int = 1,
                  await_models: tuple[str, ...] = (), window: int = DEFAULT_WINDOW, stall_s: float = 10.0,
                  await_nodes: tuple[str, ...] = (), recover_from: str | None = None,
-                 recover_nodes: tuple[str, ...] = (), recover_wait_s: float = 300.0) -> None:
+                 recover_nodes: tuple[str, ...] = (), recover_wait_s: float = 300.0, run: str | None = None) -> None:
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or 'max', got {speed}")
         if window < 1:
             raise ValueError("window must be at least 1")
         self.bus = bus
+        #: this replay's id, on every reading and end; forecasts and progress of other runs are not ours
+        self.run_id = run or new_run_id()
         self.await_models = set(await_models)
         self.await_nodes = set(await_nodes)
         self.window = window
@@ -204,7 +208,7 @@ class Simulator:
                     for s in self.streams:
                         if i >= len(s):
                             continue
-                        reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time())
+                        reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time(), run=self.run_id)
                         self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
                         if i > sent_up_to:
                             self.published += 1
@@ -223,7 +227,7 @@ class Simulator:
                 break
             for s in self.streams:
                 if len(s):
-                    end = EndOfStream(s.house, len(s), len(s) - 1, s.ts_at(len(s) - 1))
+                    end = EndOfStream(s.house, len(s), len(s) - 1, s.ts_at(len(s) - 1), run=self.run_id)
                     self.bus.publish(end.topic, end.to_json(), qos=1)
             if not self.recover_from:
                 break
@@ -371,6 +375,8 @@ class Simulator:
             self.malformed += 1
             log.warning("simulator: ignored a malformed message on %s: %s", message.topic[:120], exc)
             return False
+        if getattr(msg, "run", None) != self.run_id:
+            return False  # of another replay: an earlier one's late forecasts, or another simulator's
         if isinstance(msg, Forecast):
             key = (msg.house, msg.model)
             if msg.seq > self.forecast_seq.get(key, -1):
@@ -387,11 +393,6 @@ class Simulator:
                 self.node_minute[msg.node] = minute
                 return True
         return False
-
-
-#: A retained ``online`` status older than this is not taken for a node that is there:
-#: a running node re-publishes its status every 2 s (wattcast.node.serve).
-FRESH_STATUS_S = 10.0
 
 
 def wait_for_nodes(bus: Bus, nodes: list[str], timeout: float, now: Callable[[], float] = time.time) -> None:

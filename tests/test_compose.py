@@ -414,7 +414,8 @@ def baseline(tmp_path_factory) -> dict[str, Any]:
 
 
 def collector_scores(d: Deployment, timeout: float) -> dict[str, dict[str, Any]]:
-    """Wait for the collector to score the end of the stream and exit (--exit-on-end); its summary per model."""
+    """Wait for the collector to score the end of the stream and exit (--exit-on-end); the newest run's
+    summary per model."""
     from wattcast.runner import scores_from_store
 
     collector = d.procs["collector"]
@@ -476,3 +477,33 @@ def test_broker_restart_mid_replay_loses_no_forecast(deployment, baseline):
     after = d.broker.log_path.read_text(errors="replace").rsplit("starting mosquitto", 1)[1]
     for name in app_services(d.compose):
         assert re.search(rf"as {name} \(p\d, c{'1' if name == 'simulator' else '0'},", after), name
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_second_up_is_scored_as_a_new_run(deployment, baseline, tmp_path):
+    """``docker compose up`` twice: the broker and the predictors keep running, the collector
+    and the simulator start again.  The second replay is a run of its own in the same store,
+    with the offline scores, and each run's report shows its own."""
+    from collector.report import load_report_data
+
+    d = deployment()
+    d.up()
+    first = collector_scores(d, timeout=120)
+    assert_same_scores(first, baseline)
+    assert "run " + first["run"] in d.tail("simulator", 40)
+    # the second up: the exited services start again in depends_on order (the collector finds
+    # its store's run finished and waits for the next instead of exiting at once)
+    d.up(["collector", "simulator"])
+    second = collector_scores(d, timeout=120)
+    assert second["run"] != first["run"]
+    assert_same_scores(second, baseline)
+    store = Path(d.localize("collector", environment(d.services["collector"])[config.ENV_STORE]))
+    from wattcast.runner import scores_from_store
+
+    assert scores_from_store(store, list(MODELS), 1, first["run"])["models"] == first["models"]
+    for run in (first["run"], second["run"]):
+        data = load_report_data(store, run=run)
+        assert data.facts["run"] == run and data.facts["readings"] == 4099
+        for row in data.aggregate:
+            assert row.n == MATCHED and math.isclose(row.mse, baseline[row.model]["mse"], rel_tol=1e-6), row

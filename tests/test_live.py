@@ -29,8 +29,9 @@ class FakeClock:
 
 
 def metrics(house: str, model: str, n: int, mse: float, rolling_n: int, rolling_mse: float, as_of: int = T0,
-            unmatched: int = 0, pending: int = 0) -> Metrics:
-    return Metrics(house, model, as_of, n, mse, math.sqrt(mse), mse / 2, rolling_n, rolling_mse, 3600, unmatched, pending)
+            unmatched: int = 0, pending: int = 0, run: str = "default") -> Metrics:
+    return Metrics(house, model, as_of, n, mse, math.sqrt(mse), mse / 2, rolling_n, rolling_mse, 3600, unmatched, pending,
+                   run=run)
 
 
 # --------------------------------------------------------------------------- LiveTable
@@ -85,11 +86,23 @@ def test_forecast_rate_comes_from_the_growth_of_n_over_wall_time():
 
 
 def test_table_renders_nodes_and_an_empty_state():
-    table = LiveTable(clock=FakeClock())
+    table = LiveTable(clock=FakeClock(), wall=lambda: 12.0)
     assert "(no metrics yet)" in table.render()
     table.update_status(Status("collector", "online", "collector", 5.0, {}))
     table.update_status(Status("predictor-lstm", "offline", "predictor", 6.0, {}))
     assert "nodes online: 1 (collector), offline: 1" in table.render()
+    # a retained online status over 10 s old is a node gone silent (an earlier run's)
+    table.update_status(Status("predictor-linear", "online", "predictor", 1.0, {}))
+    assert "nodes online: 1 (collector), offline: 1, silent for over 10 s: 1" in table.render()
+
+
+def test_table_follows_the_newest_run():
+    table = LiveTable(clock=FakeClock())
+    assert table.update(metrics("h000", "lstm", 4000, 0.3, 60, 0.1, run="r1"))
+    assert table.update(metrics("h000", "lstm", 10, 0.9, 10, 0.9, run="r2"))  # a new replay: n starts again
+    assert [x.n for x in table.lines()] == [10] and table.render().endswith("run r2")
+    assert not table.update(metrics("h000", "lstm", 4093, 0.3, 60, 0.1, run="r1"))  # the old run's late final
+    assert [x.n for x in table.lines()] == [10]
 
 
 # ---------------------------------------------------------------------------- LiveView

@@ -128,7 +128,8 @@ def test_a_restarted_predictor_with_its_state_forecasts_as_if_it_never_stopped(v
     first.handle(msgs[70:90])  # handled but not checkpointed: killed here, so the broker redelivers them
     second_bus = MemoryHub().connect()
     second = PredictorNode(second_bus, model, state_path=state)
-    assert second.stats.counters["restored_houses"] == 2 and second.last_seq == {"h000": 34, "h001": 34}
+    assert second.stats.counters["restored_houses"] == 2
+    assert second.last_seq == {("default", "h000"): 34, ("default", "h001"): 34}
     second.handle(msgs[70:])
     key = lambda f: (f.house, f.seq)  # noqa: E731
     expected = sorted(forecasts_of(whole), key=key)
@@ -148,7 +149,7 @@ def test_a_saved_state_that_does_not_fit_is_reported_and_ignored(val, tmp_path, 
     assert other.stats.counters["state_errors"] == 1 and other.houses == {}
     assert "saved by model linear" in caplog.text
     good = json.loads(state.read_text())
-    entry = good["houses"]["h000"]
+    entry = good["streams"][0]
     broken = [
         '{"format": 1, "model": "linear", "houses": {',  # cut short
         "[" * 100_000 + "]" * 100_000,  # nested too deep for the parser
@@ -157,7 +158,8 @@ def test_a_saved_state_that_does_not_fit_is_reported_and_ignored(val, tmp_path, 
         json.dumps(good).replace(str(entry["state"]["s0"]), "9" * 1000),
         json.dumps(good).replace(f'"seen": {entry["state"]["seen"]}', '"seen": true'),
         json.dumps(good).replace(f'"last_seq": {entry["last_seq"]}', '"last_seq": -3'),
-        json.dumps({**good, "houses": {"h000": {"last_seq": 4, "state": [1, 2]}}}),
+        json.dumps({**good, "streams": [{"run": "default", "house": "h000", "last_seq": 4, "state": [1, 2]}]}),
+        json.dumps({**good, "streams": [{**entry, "run": "../x"}]}),  # not a run id
     ]
     for text in broken:
         state.write_text(text)
@@ -397,7 +399,7 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
     def forecast(model: str, seq: int) -> None:
         r = decode(*next((m.topic, m.payload) for m in list(watcher.inbox.queue)
                          if decode(m.topic, m.payload).seq == seq))
-        f = Forecast(r.house, model, "t", seq, r.ts, r.ts + 300, 1.0)
+        f = Forecast(r.house, model, "t", seq, r.ts, r.ts + 300, 1.0, run=r.run)
         predictor.publish(f.topic, f.to_json())
 
     time.sleep(0.3)
@@ -448,7 +450,7 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
         return len(watcher.inbox.queue) // 2
 
     def progress(house: str, seq: int) -> None:
-        p = Progress("collector", house, seq)
+        p = Progress("collector", house, seq, run=sim.run_id)
         collector.publish(p.topic, p.to_json(), qos=0)
 
     time.sleep(0.3)
@@ -624,7 +626,7 @@ def test_collector_rejects_retained_readings_and_forecasts_but_not_statuses(tmp_
     node.handle([*stale, Message(status_topic(status.node), status.to_json(), retain=True)])
     assert node.stats.counters["malformed"] == len(stale)
     assert [r for (r,) in store.db.execute("SELECT reason FROM rejections")] == [NOT_RETAINED] * len(stale)
-    assert store.count("readings") == store.count("forecasts") == 0 and not node.ends
+    assert store.count("readings") == store.count("forecasts") == 0 and not node.runs
     # the same messages delivered live are taken
     node.handle([msg(fc("persistence", T0, 1.0)), msg(reading("h000", 5, T0 + 300, 1.0))])
     assert store.count("matches") == 1
@@ -687,13 +689,13 @@ def test_the_store_names_what_a_finished_replay_lacks(tmp_path):
                          for h in ("h000", "h001") for k in range(1, 10 if h == "h000" else 3)])
     store.add_forecasts([(fc("linear", t + 60 * k, 1.0, seq=k), 1.0) for k in range(1, 7)])
     store.commit()
-    assert store.missing(["persistence", "linear"], ["h000", "h001", "h002"]) == [
+    assert store.missing("default", ["persistence", "linear"], ["h000", "h001", "h002"]) == [
         "h002: no end of stream",
         "h000: 1 of 10 readings",
         "h000: 3 of 9 linear forecasts",
         "h001: 2 of 2 linear forecasts",
     ]
-    assert store.missing(["persistence"], ["h001"]) == ["h000: 1 of 10 readings"]
+    assert store.missing("default", ["persistence"], ["h001"]) == ["h000: 1 of 10 readings"]
 
 
 def test_the_collector_reports_a_loss_when_it_finalizes(tmp_path, caplog):

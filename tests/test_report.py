@@ -253,7 +253,7 @@ def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
         build_report(other, tmp_path / "out")
     fresh = tmp_path / "fresh.db"
     Store(fresh).close()
-    with pytest.raises(ValueError, match="holds no forecasts"):
+    with pytest.raises(ValueError, match="holds no run yet"):
         build_report(fresh, tmp_path / "out")
     with pytest.raises(ValueError, match="is a folder"):
         build_report(tmp_path, tmp_path / "out")
@@ -295,7 +295,7 @@ def make_store(path: Path, houses=("h000", "h001"), summary: bool = True) -> Pat
                     matches.append(m)
         store.add_readings(readings)
         store.add_forecasts(forecasts)
-        store.add_matches(matches)
+        store.add_matches("default", matches)
     store.set_node(Status("predictor-linear-1111", "offline", "predictor", 5.0, {"rss_kb": 999, "startup_ms": 1}))
     store.set_node(Status("predictor-linear-4242", "online", "predictor", 9.0, {"rss_kb": 51200, "startup_ms": 1234}))
     store.set_node(Status("predictor-persistence", "online", "predictor", 9.0, {"received": 5}))

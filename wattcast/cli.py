@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from wattcast import __version__
-from wattcast.config import ENV_MODELS_DIR, Parser, add_broker_args, add_data_args, positive_float, positive_int
+from wattcast.config import (
+    ENV_MODELS_DIR,
+    Parser,
+    add_broker_args,
+    add_data_args,
+    positive_float,
+    positive_int,
+    run_id,
+)
 from wattcast.messages import MODELS
 
 
@@ -114,9 +122,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from collector.report import build_report
 
-    paths = build_report(Path(args.db), Path(args.out), models_dir=_models_dir(args.models_dir))
+    paths = build_report(Path(args.db), Path(args.out), models_dir=_models_dir(args.models_dir), run=args.run)
     for p in paths:
         print(p)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from collector.report import list_runs
+
+    for line in list_runs(Path(args.db)):
+        print(line)
     return 0
 
 
@@ -192,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--db", required=True, help="the collector's SQLite store")
     rp.add_argument("--out", required=True, help="output folder")
     rp.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder (loss curves)")
+    rp.add_argument("--run", type=run_id, default=None,
+                    help="the run (replay) to report; default: the newest (`wattcast runs --db` lists them)")
     rp.set_defaults(func=cmd_report)
+
+    rs = sub.add_parser("runs", help="list the runs (replays) a collector store holds")
+    rs.add_argument("--db", required=True, help="the collector's SQLite store")
+    rs.set_defaults(func=cmd_runs)
 
     w = sub.add_parser("watch", help="follow the metrics of a running deployment")
     add_broker_args(w)

@@ -27,6 +27,7 @@ ENV_LOG_LEVEL = "WATTCAST_LOG_LEVEL"
 ENV_WAIT_FOR = "WATTCAST_WAIT_FOR"
 ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
 ENV_RECOVER_FROM = "WATTCAST_RECOVER_FROM"
+ENV_RUN = "WATTCAST_RUN"
 ENV_STATE_DIR = "WATTCAST_STATE_DIR"
 
 
@@ -91,6 +92,15 @@ def broker_url(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def run_id(value: str) -> str:
+    from wattcast.messages import MessageError, check_run
+
+    try:
+        return check_run(value)
+    except MessageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def log_level(value: str) -> str:

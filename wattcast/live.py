@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
-from wattcast.messages import MODELS, Metrics, Status
+from wattcast.messages import FRESH_STATUS_S, MODELS, Metrics, Status
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,14 @@ class ModelLine:
 class LiveTable:
     """The newest metrics per (house, model) and the per-model aggregate."""
 
-    def __init__(self, rate_window: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate_window: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.rate_window = rate_window
         self.clock = clock
+        self.wall = wall  # for the age of a node's status (its ts is wall-clock time)
+        #: the run shown (the newest one seen) and the runs seen before it
+        self.run: str | None = None
+        self.past_runs: set[str] = set()
         self.metrics: dict[tuple[str, str], Metrics] = {}
         self.nodes: dict[str, Status] = {}
         self.updates = 0
@@ -91,7 +96,17 @@ class LiveTable:
         return text
 
     def update(self, m: Metrics) -> bool:
-        """Take one metrics message; False if it is older than the one already held (redelivery)."""
+        """Take one metrics message; False if it is older than the one already held (redelivery) or
+        of an earlier run.  The table follows the newest run: a new run id starts it afresh."""
+        if m.run != self.run:
+            if m.run in self.past_runs:
+                return False  # an earlier run's late metrics
+            if self.run is not None:
+                self.past_runs.add(self.run)
+            self.run = m.run
+            self.metrics.clear()
+            self._counted.clear()
+            self._samples.clear()
         key = (m.house, m.model)
         old = self.metrics.get(key)
         if old is not None and (m.as_of, m.n) < (old.as_of, old.n):
@@ -181,11 +196,17 @@ class LiveTable:
         if lines:
             out.append(f"rolling MSE = last {window} min of meter time; unmatched = no reading at the target")
         if self.nodes:
-            online = sorted(n for n, s in self.nodes.items() if s.state == "online")
-            offline = len(self.nodes) - len(online)
+            # a retained online status of a node gone long ago (an earlier run) is not shown as online
+            fresh = self.wall() - FRESH_STATUS_S
+            online = sorted(n for n, s in self.nodes.items() if s.state == "online" and (s.ts or 0) >= fresh)
+            stale = sum(1 for s in self.nodes.values() if s.state == "online") - len(online)
+            offline = len(self.nodes) - len(online) - stale
             names = ", ".join(online)
             out.append(f"nodes online: {len(online)}" + (f" ({names})" if online and len(names) <= 60 else "")
-                       + (f", offline: {offline}" if offline else ""))
+                       + (f", offline: {offline}" if offline else "")
+                       + (f", silent for over {FRESH_STATUS_S:.0f} s: {stale}" if stale else ""))
+        if self.run is not None:
+            out.append(f"run {self.run}")
         return "\n".join(out)
 
     def summary_line(self, now: float | None = None) -> str:

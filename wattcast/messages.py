@@ -17,6 +17,11 @@ Topic layout (``v1`` is the payload schema version)::
 Timestamps ``ts``, ``issued_at`` and ``target_ts`` are event time: integer unix
 seconds of the meter's clock (the UCI data set's local time read as UTC).
 ``sent_at`` fields are wall-clock unix seconds (float) used to measure latency.
+
+Every reading, end of stream, forecast, metrics and progress message names its
+``run``: one replay of the simulator, with an id of its own (optional in ``v1``:
+absent, it is :data:`DEFAULT_RUN`).  Per run and house, ``seq`` starts at 0; a
+second replay into running nodes is a new run, scored apart.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any, ClassVar
 
@@ -151,6 +156,25 @@ def check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.i
     if not lo <= value <= hi:
         raise MessageError(f"{name} out of range [{lo}, {hi}]: {value}")
     return value
+
+
+#: The run of a message that names none (a producer older than run ids, or one without replays).
+DEFAULT_RUN = "default"
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A fresh run id: the UTC start time and 6 random hex digits (``20261202T150200Z-3fa9c1``);
+    ids sort by start time and two simulators started in the same second still differ."""
+    import secrets
+    import time as _time
+
+    stamp = _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime(_time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def check_run(value: Any) -> str:
+    """A run id as the contract allows it (1-64 characters of [A-Za-z0-9_.-]); MessageError if not."""
+    return _check_id("run", value)
 
 
 def _check_ts(name: str, value: Any) -> int:
@@ -284,10 +308,13 @@ class Reading(_Payload):
     sub_metering_2: float
     sub_metering_3: float
     sent_at: float | None = None
+    #: the replay this message belongs to (keyword-only; absent in a payload: :data:`DEFAULT_RUN`)
+    run: str = field(default=DEFAULT_RUN, kw_only=True)
 
     _required: ClassVar[tuple[str, ...]] = ("house", "seq", "ts", *READING_FIELDS)
 
     def __post_init__(self) -> None:
+        _check_id("run", self.run)
         _check_id("house", self.house)
         check_int("seq", self.seq)
         _check_ts("ts", self.ts)
@@ -308,10 +335,13 @@ class EndOfStream(_Payload):
     readings: int
     last_seq: int
     last_ts: int
+    #: the replay this message belongs to (keyword-only; absent in a payload: :data:`DEFAULT_RUN`)
+    run: str = field(default=DEFAULT_RUN, kw_only=True)
 
     _required: ClassVar[tuple[str, ...]] = ("house", "readings", "last_seq", "last_ts")
 
     def __post_init__(self) -> None:
+        _check_id("run", self.run)
         _check_id("house", self.house)
         check_int("readings", self.readings)
         check_int("last_seq", self.last_seq)
@@ -334,12 +364,15 @@ class Forecast(_Payload):
     target_ts: int
     value: float
     reading_sent_at: float | None = None
+    #: the replay this message belongs to (keyword-only; absent in a payload: :data:`DEFAULT_RUN`)
+    run: str = field(default=DEFAULT_RUN, kw_only=True)
 
     _required: ClassVar[tuple[str, ...]] = (
         "house", "model", "model_version", "seq", "issued_at", "target_ts", "value",
     )
 
     def __post_init__(self) -> None:
+        _check_id("run", self.run)
         _check_id("house", self.house)
         _check_model(self.model)
         if not isinstance(self.model_version, str) or not 0 < len(self.model_version) <= 64:
@@ -374,6 +407,8 @@ class Metrics(_Payload):
     window_s: int
     unmatched: int
     pending: int
+    #: the replay this message belongs to (keyword-only; absent in a payload: :data:`DEFAULT_RUN`)
+    run: str = field(default=DEFAULT_RUN, kw_only=True)
 
     _required: ClassVar[tuple[str, ...]] = (
         "house", "model", "as_of", "n", "mse", "rmse", "mae",
@@ -381,6 +416,7 @@ class Metrics(_Payload):
     )
 
     def __post_init__(self) -> None:
+        _check_id("run", self.run)
         _check_id("house", self.house)
         _check_model(self.model)
         _check_ts("as_of", self.as_of)
@@ -395,6 +431,9 @@ class Metrics(_Payload):
 
 
 STATES = ("online", "offline")
+#: A running node publishes its status every few seconds (2 s); a retained ``online`` older
+#: than this is what a node said last, maybe in an earlier run, not proof that it is there.
+FRESH_STATUS_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,10 +486,13 @@ class Progress(_Payload):
     seq: int
     complete: int | None = None
     houses: int | None = None
+    #: the replay this message belongs to (keyword-only; absent in a payload: :data:`DEFAULT_RUN`)
+    run: str = field(default=DEFAULT_RUN, kw_only=True)
 
     _required: ClassVar[tuple[str, ...]] = ("node", "house", "seq")
 
     def __post_init__(self) -> None:
+        _check_id("run", self.run)
         _check_id("node", self.node)
         _check_id("house", self.house)
         check_int("seq", self.seq)

@@ -24,6 +24,10 @@ from wattcast.messages import NOT_RETAINED, MessageError, Status, decode, may_be
 
 log = logging.getLogger(__name__)
 
+#: Exit code of a node (the collector with --exit-on-end) that finished its work and found it
+#: incomplete or conflicting: not an error of the node, a loss it reports (1 is an error).
+EXIT_INCOMPLETE = 3
+
 
 class NodeStats:
     """Counters of a node, and rejections that are counted and logged (rate-limited), never silent."""

@@ -42,8 +42,10 @@ from wattcast.messages import (
     Progress,
     Status,
     decode,
+    new_run_id,
     progress_topic,
 )
+from wattcast.node import EXIT_INCOMPLETE
 
 
 class RunError(RuntimeError):
@@ -188,33 +190,34 @@ def _stop(children: list[Child], timeout: float = 10.0) -> None:
             c.proc.wait()
 
 
-def scores_from_store(db_path: Path, models: list[str] | None = None, houses: int = 1) -> dict[str, Any]:
-    """Per-model scores pooled over houses, per-house scores, the store's counters, and what is missing."""
+def scores_from_store(db_path: Path, models: list[str] | None = None, houses: int = 1,
+                      run: str | None = None) -> dict[str, Any]:
+    """Per-model scores of ``run`` (default: the newest) pooled over houses, per-house scores, the
+    store's counters, and what is missing.  StoreError if the store holds no such run."""
     from collector.store import Store
     from wattcast.messages import house_ids
 
     store = Store(db_path)
     try:
+        run = store.run(run)
         pooled = {}
-        rows = store.db.execute(
-            "SELECT model, COUNT(*), AVG(error * error), AVG(ABS(error)) FROM matches GROUP BY model").fetchall()
-        for model, n, mse, mae in rows:
+        for model, n, mse, mae in store.pooled(run):
             pooled[model] = {"n": n, "mse": mse, "rmse": math.sqrt(mse), "mae": mae}
-        summary = store.summary()
+        summary = store.summary(run)
         for s in summary:
             p = pooled.setdefault(s["model"], {"n": 0, "mse": math.nan, "rmse": math.nan, "mae": math.nan})
             p["unmatched"] = p.get("unmatched", 0) + s["unmatched"]
             p["pending"] = p.get("pending", 0) + s["pending"]
-        meta = store.meta()
         return {
+            "run": run,
             "models": pooled,
             "houses": summary,
-            "readings": store.count("readings"),
-            "forecasts": store.count("forecasts"),
-            "rejections": store.count("rejections"),
-            "ends": store.db.execute("SELECT COALESCE(SUM(readings), 0) FROM ends").fetchone()[0],
-            "collector": meta.get("collector_stats", {}),
-            "missing": store.missing(models or [], house_ids(houses)),
+            "readings": store.count("readings", run),
+            "forecasts": store.count("forecasts", run),
+            "rejections": store.count("rejections", run),
+            "ends": store.published(run),
+            "collector": store.run_stats(run) or store.meta().get("collector_stats", {}),
+            "missing": store.missing(run, models or [], house_ids(houses)),
         }
     finally:
         store.close()
@@ -264,8 +267,8 @@ class _StartError(RunError):
 
 
 def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int) -> dict[str, Any]:
-
     broker = None
+    run_id = new_run_id()  # on every message of this replay: the store, the report and a shared broker tell runs apart
     # Node ids (and MQTT client ids wattcast-<id>) are the same in every run and on any broker:
     # collector, predictor-<model>, simulator (docs/deployment.md); with --broker, the statuses
     # they leave retained are cleared at the end.
@@ -338,7 +341,8 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         simulator_node = f"simulator{suffix}"
         sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
                     "max" if args.speed is None else str(args.speed), "--node", simulator_node,
-                    "--wait-for", collector_node, *predictor_nodes.values(), "--recover-from", collector_node]
+                    "--wait-for", collector_node, *predictor_nodes.values(), "--recover-from", collector_node,
+                    "--run", run_id]
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
         if args.speed is None:
@@ -379,7 +383,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if view is not None:
             watcher.poll()
             view.close(final_table=False)  # the summary below is the one final table
-        if collector.proc.returncode != 0:
+        if collector.proc.returncode not in (0, EXIT_INCOMPLETE):  # incomplete: named below
             raise RunError(f"collector failed (code {collector.proc.returncode}): {collector.tail(2)}")
         try:
             simulator.proc.wait(30)
@@ -388,7 +392,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                            f"(an end of stream it did not send?): {simulator.tail(2)}") from None
         _stop(children)
         watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
-        result = scores_from_store(store_path, args.models, args.houses)
+        result = scores_from_store(store_path, args.models, args.houses, run_id)
         malformed = int(result["collector"].get("malformed", 0))
         malformed += sum(watcher.counter(n, "malformed") for n in predictor_nodes.values())
         published = watcher.counter(f"simulator{suffix}", "published") or result["ends"]
@@ -407,6 +411,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             "houses": args.houses,
             "broker": {"kind": broker_kind, "url": config.url},
             "store": str(store_path),
+            "run": run_id,
             "predictors": {m: {k: watcher.counter(n, k) for k in ("received", "forecasts", "duplicates", "malformed")}
                            for m, n in predictor_nodes.items()},
             # every node's last counters (peak RSS, start-up, messages), as its final status said
