@@ -29,6 +29,7 @@ from wattcast.broker import PrivateBroker, available_kind
 from wattcast.data import load_split
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
+from wattcast.node import EXIT_INCOMPLETE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,8 +61,15 @@ def _stored(db: Path) -> int:
         return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = True,
-                               collector_down: bool = False) -> dict:
+                               collector_down: bool = False, broker_conf: str = "") -> dict:
     """A full replay whose broker is SIGKILLed once the collector holds ``kill_at`` readings.
 
     ``collector_down``: first kill the collector too (SIGKILL) and wait until the broker has
@@ -69,7 +77,7 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
     the broker's crash then surely loses those, which only its memory held.  The collector is
     restarted (from its store) once the broker is back.
     """
-    broker = PrivateBroker(workdir=tmp_path / "broker", prefer="mosquitto").start()
+    broker = PrivateBroker(workdir=tmp_path / "broker", prefer="mosquitto", extra_conf=broker_conf).start()
     db = tmp_path / "w.db"
     procs: list[subprocess.Popen] = []
     try:
@@ -103,13 +111,17 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
                 except Exception:
                     continue
             spy.close()
+        broker_cpu_s = _cpu_s(broker.proc.pid)
+        t_kill = time.monotonic()
         broker.kill()
         broker.start()  # same port, same persistence folder
         if collector_down:
             procs[0] = _spawn("collector", "--broker", url, "--store", str(db), "--models", *MODELS, "--exit-on-end",
                               "--drain", "60", log=tmp_path / "collector.log")
-        assert procs[0].wait(timeout=300) == 0, (tmp_path / "collector.log").read_text()[-3000:]
+        collector_rc = procs[0].wait(timeout=300)  # 0: complete, EXIT_INCOMPLETE: a loss it names
+        assert collector_rc in (0, EXIT_INCOMPLETE), (tmp_path / "collector.log").read_text()[-3000:]
         assert sim.wait(timeout=120) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
+        t_end = time.monotonic()
     finally:
         for p in procs:
             if p.poll() is None:
@@ -125,7 +137,10 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
         import json
 
         stats = json.loads(con.execute("SELECT value FROM meta WHERE key = 'collector_stats'").fetchone()[0])
-    return {"scores": scores, "missing": stats.get("missing", []), "stored_at_kill": stored,
+    missing = stats.get("missing", [])
+    assert (collector_rc == EXIT_INCOMPLETE) == bool(missing), (collector_rc, missing)
+    return {"scores": scores, "missing": missing, "stored_at_kill": stored, "collector_rc": collector_rc,
+            "broker_cpu_s_at_kill": broker_cpu_s, "kill_to_end_s": round(t_end - t_kill, 2),
             "simulator_log": (tmp_path / "simulator.log").read_text()}
 
 
