@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     from collector.node import CollectorNode
-    from collector.store import Store
     from wattcast.node import StopFlag, connect, serve
+    from wattcast.store import Store
 
     stop = StopFlag()
     try:

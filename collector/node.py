@@ -15,11 +15,11 @@ from array import array
 
 import numpy as np
 
-from collector.scoring import Conflict, Scoreboard
-from collector.store import Store
 from wattcast.bus import Bus, Message
 from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status
 from wattcast.node import NodeStats, decode_delivered
+from wattcast.scoring import Conflict, Scoreboard
+from wattcast.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -19,24 +19,13 @@ from wattcast.config import (
     add_node_args,
     broker_from_args,
     env_default,
+    parse_speed,
     positive_float,
     positive_int,
     run_id,
     setup_logging,
 )
 from wattcast.messages import MODELS
-
-
-def parse_speed(value: str) -> float | None:
-    if value == "max":
-        return None
-    try:
-        speed = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speed must be a number or 'max', got {value!r}") from None
-    if not 0 < speed < float("inf"):
-        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {value!r}")
-    return speed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

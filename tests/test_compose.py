@@ -485,7 +485,7 @@ def test_a_second_up_is_scored_as_a_new_run(deployment, baseline, tmp_path):
     """``docker compose up`` twice: the broker and the predictors keep running, the collector
     and the simulator start again.  The second replay is a run of its own in the same store,
     with the offline scores, and each run's report shows its own."""
-    from collector.report import load_report_data
+    from wattcast.report import load_report_data
 
     d = deployment()
     d.up()

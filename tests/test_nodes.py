@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from collector.node import CollectorNode
-from collector.scoring import ModelScore
-from collector.store import Store
 from predictor.node import PredictorNode
 from simulator.replay import Simulator, house_streams
 from wattcast.bus import MemoryHub, Message
@@ -32,6 +30,8 @@ from wattcast.messages import (
     reading_topic,
     status_topic,
 )
+from wattcast.scoring import ModelScore
+from wattcast.store import Store
 
 
 @pytest.fixture(scope="module")

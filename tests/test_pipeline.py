@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collector.store import Store
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.data import load_split
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
 from wattcast.messages import MODELS, EndOfStream, Forecast, Reading, forecast_topic, reading_topic
+from wattcast.store import Store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

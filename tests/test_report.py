@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collector import report
-from collector.report import DPI, FIGURES, build_report
+from wattcast import report
 from wattcast.broker import available_kind
+from wattcast.report import DPI, FIGURES, build_report
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
@@ -232,8 +232,8 @@ def test_report_from_a_copy_and_other_artifacts(run, built, tmp_path):
 # ----------------------------------------------------------------- bad input
 
 def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
-    from collector.store import Store
     from wattcast.cli import main
+    from wattcast.store import Store
 
     missing = tmp_path / "nope.db"
     with pytest.raises(FileNotFoundError, match="no collector store at"):
@@ -270,9 +270,9 @@ def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
 
 def make_store(path: Path, houses=("h000", "h001"), summary: bool = True) -> Path:
     """Two houses, linear and persistence, 120 minutes; h001 misses the reading of minute 50."""
-    from collector.scoring import Scoreboard
-    from collector.store import Store
     from wattcast.messages import Forecast, Reading, Status
+    from wattcast.scoring import Scoreboard
+    from wattcast.store import Store
 
     store, board = Store(path), Scoreboard(3600)
     store.set_meta("collector", {"models": ["linear", "persistence"], "window_s": 3600, "started_at": 0})
@@ -344,23 +344,20 @@ def test_multi_house_rows_and_aggregate(tmp_path, summary):
 
 
 def test_node_ids_map_to_models():
-    assert report._node_model("predictor-lstm") == "lstm"
-    assert report._node_model("predictor-lstm-augmented") == "lstm-augmented"
-    assert report._node_model("predictor-lstm-4242") == "lstm"
-    assert report._node_model("predictor-lstm-augmented-4242") == "lstm-augmented"
-    assert report._node_model("predictor-unknown-1") is None
-    assert report._node_model("collector") is None
+    assert report.data._node_model("predictor-lstm") == "lstm"
+    assert report.data._node_model("predictor-lstm-augmented") == "lstm-augmented"
+    assert report.data._node_model("predictor-lstm-4242") == "lstm"
+    assert report.data._node_model("predictor-lstm-augmented-4242") == "lstm-augmented"
+    assert report.data._node_model("predictor-unknown-1") is None
+    assert report.data._node_model("collector") is None
 
 
-def test_rolling_mse_is_the_collectors():
-    from collector.scoring import ModelScore
+def test_rolling_mse_is_the_mean_over_the_event_time_window():
+    from wattcast.scoring import rolling_mse
 
     rng = np.random.default_rng(1)
     ts = np.cumsum(rng.integers(1, 200, 400)) + T0
     err = rng.normal(0, 1, 400)
-    score = ModelScore(window_s=3600)
-    expected = []
-    for t, e in zip(ts, err, strict=True):
-        score.add(int(t), float(e))
-        expected.append(score.rolling_mse)
-    assert report.rolling_mse(ts, err**2, 3600) == pytest.approx(expected, rel=1e-9)
+    # by brute force: every match whose target lies in (t - 3600, t]
+    expected = [float(np.mean(err[(ts > t - 3600) & (ts <= t)] ** 2)) for t in ts]
+    assert rolling_mse(ts, err, 3600) == pytest.approx(expected, rel=1e-9)

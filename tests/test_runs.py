@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 
 from collector.node import CollectorNode
-from collector.report import list_runs, load_report_data
-from collector.store import Store, StoreError
 from predictor.node import MAX_RUNS, PredictorNode
 from simulator.replay import Simulator, house_streams
 from wattcast.bus import MemoryHub, Message
@@ -29,7 +27,9 @@ from wattcast.data import load_split, to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
 from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
+from wattcast.report import list_runs, load_report_data
 from wattcast.runner import scores_from_store
+from wattcast.store import Store, StoreError
 
 
 @pytest.fixture(scope="module")

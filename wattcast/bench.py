@@ -38,24 +38,21 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def latency_and_lag(db: Path) -> dict[str, Any]:
-    import sqlite3
+    """Per model the forecast latency percentiles, and the collector's bus lag, of the store's newest run."""
+    from wattcast.store import RunReader
 
-    con = sqlite3.connect(str(db))
-    try:
+    with RunReader(db) as reader:
+        by_model: dict[str, list[float]] = {}
+        for model, seconds in reader.latencies():
+            by_model.setdefault(model, []).append(seconds * 1000)
         latency = {}
-        for (model,) in con.execute("SELECT DISTINCT model FROM forecasts ORDER BY model"):
-            ms = np.array([r[0] for r in con.execute(
-                "SELECT (received_at - reading_sent_at) * 1000 FROM forecasts "
-                "WHERE model = ? AND reading_sent_at IS NOT NULL", (model,))])
+        for model in sorted(by_model):
+            ms = np.array(by_model[model])
             latency[model] = {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                              "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                              "max_ms": round(float(ms.max()), 2)} if ms.size else {"n": 0}
-        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        stats = json.loads(meta.get("collector_stats", "{}"))
-        lag = {k: round(stats[k], 2) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max") if stats.get(k) is not None}
-        return {"latency": latency, "collector_lag": lag}
-    finally:
-        con.close()
+                              "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+        stats = reader.stats()
+    lag = {k: round(stats[k], 2) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max") if stats.get(k) is not None}
+    return {"latency": latency, "collector_lag": lag}
 
 
 def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from collector.report import build_report
+    from wattcast.report import build_report
 
     paths = build_report(Path(args.db), Path(args.out), models_dir=_models_dir(args.models_dir), run=args.run)
     for p in paths:
@@ -129,7 +129,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from collector.report import list_runs
+    from wattcast.report import list_runs
 
     for line in list_runs(Path(args.db)):
         print(line)

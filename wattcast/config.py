@@ -94,6 +94,18 @@ def broker_url(value: str) -> str:
     return value
 
 
+def parse_speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a number or 'max', got {value!r}") from None
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {value!r}")
+    return speed
+
+
 def run_id(value: str) -> str:
     from wattcast.messages import MessageError, check_run
 

@@ -42,7 +42,7 @@ class Scores:
 def target_index(ts: np.ndarray, horizon_s: int) -> np.ndarray:
     """For each reading, the index of the reading at ``ts + horizon_s``, or -1 if there is none.
 
-    The one pairing rule of wattcast: :class:`collector.scoring.Scoreboard` does the
+    The one pairing rule of wattcast: :class:`wattcast.scoring.Scoreboard` does the
     same live (a forecast's ``target_ts`` is its reading's ``ts + horizon_s``).
     """
     ts = np.asarray(ts, np.int64)

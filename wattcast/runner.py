@@ -30,6 +30,7 @@ from wattcast.config import (
     ENV_PASSWORD,
     ENV_USERNAME,
     add_data_args,
+    parse_speed,
     positive_float,
     positive_int,
 )
@@ -53,8 +54,6 @@ class RunError(RuntimeError):
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    from simulator.__main__ import parse_speed
-
     add_data_args(p)
     p.add_argument("--broker", default=None,
                    help="use this broker (mqtt://host:port); default: start a private one on a free port")
@@ -194,8 +193,8 @@ def scores_from_store(db_path: Path, models: list[str] | None = None, houses: in
                       run: str | None = None) -> dict[str, Any]:
     """Per-model scores of ``run`` (default: the newest) pooled over houses, per-house scores, the
     store's counters, and what is missing.  StoreError if the store holds no such run."""
-    from collector.store import Store
     from wattcast.messages import house_ids
+    from wattcast.store import Store
 
     store = Store(db_path)
     try:
@@ -420,7 +419,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if args.houses > 1:
             out["per_house"] = result["houses"]
         if args.report:
-            from collector.report import build_report
+            from wattcast.report import build_report
 
             out["report"] = [str(p) for p in build_report(store_path, Path(args.report),
                                                           models_dir=Path(args.models_dir) if args.models_dir else None)]

@@ -71,6 +71,17 @@ class ModelScore:
         return max(self.window_sse, 0.0) / len(self.window) if self.window else 0.0
 
 
+def rolling_mse(ts, errors, window_s: int) -> list[float]:
+    """The rolling MSE after each of a model's matches (``ts``: their targets, sorted; ``errors``:
+    forecast - actual), as the collector publishes it: the same :class:`ModelScore`, fed in order."""
+    score = ModelScore(window_s)
+    out = []
+    for t, e in zip(ts, errors, strict=True):
+        score.add(int(t), float(e))
+        out.append(score.rolling_mse)
+    return out
+
+
 class SeqPrefix:
     """The longest run of sequence numbers ``start, start + 1, ...`` seen so far, holes remembered."""
 

@@ -1,0 +1,185 @@
+"""Reading a store: which runs it holds, one run's rows (for the report, ``wattcast run`` and bench).
+
+Every query of the store's tables lives here or in :mod:`wattcast.store.writer`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wattcast.store.schema import RUN_TABLES, StoreError, check_layout
+
+
+def select_run(db: sqlite3.Connection, run: str | None = None) -> str:
+    """The run to read: ``run`` if the store holds it, else (None) the one seen last.
+    StoreError (one line) if there is none or the store does not know ``run``."""
+    known = [r for (r,) in db.execute("SELECT run FROM main.runs ORDER BY first_seen, run")]
+    if run is None:
+        if not known:
+            raise StoreError("the store holds no run yet: nothing to report (did a replay start?)")
+        return known[-1]
+    if run not in known:
+        shown = ", ".join(known[-5:]) if known else "none"
+        raise StoreError(f"the store holds no run {run!r} (newest: {shown})")
+    return run
+
+
+def runs(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every run of the store, oldest first: run, first_seen, finished_at, readings."""
+    counts = dict(db.execute("SELECT run, COUNT(*) FROM main.readings GROUP BY run"))
+    return [{"run": r, "first_seen": first, "finished_at": fin, "readings": counts.get(r, 0)} for r, first, fin
+            in db.execute("SELECT run, first_seen, finished_at FROM main.runs ORDER BY first_seen, run")]
+
+
+def run_stats(db: sqlite3.Connection, run: str) -> dict[str, Any]:
+    """The collector's counters of ``run``, written when it was scored ({} before)."""
+    row = db.execute("SELECT stats FROM main.runs WHERE run = ?", (run,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
+
+
+def view_run(db: sqlite3.Connection, run: str) -> None:
+    """Show ``db`` as if it held only ``run``: temporary views named like the run tables shadow them
+    (SQLite looks a name up in ``temp`` first), so a reader's queries need no run filter."""
+    for table in RUN_TABLES:
+        db.execute(f"DROP VIEW IF EXISTS temp.{table}")
+        db.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM main.{table} WHERE run = {_literal(run)}")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def open_readonly(db: Path, run: str | None = None) -> tuple[sqlite3.Connection, str]:
+    """The store at ``db``, opened without writing to it and showing only ``run`` (default: the
+    newest; :func:`view_run`), and that run.  ValueError / FileNotFoundError with one line if it
+    is not a store of this layout or lacks the run."""
+    db = Path(db)
+    if not db.exists():
+        raise FileNotFoundError(f"no collector store at {db}")
+    if db.is_dir():
+        raise ValueError(f"{db} is a folder, not a collector store (give the .db file)")
+    if db.stat().st_size == 0:
+        raise ValueError(f"{db} is empty, not a collector store")
+    uri = db.resolve().as_uri()
+    con = None
+    for mode in ("rw", "ro"):  # rw only so that SQLite removes its -wal/-shm files on close; nothing is written
+        try:
+            con = sqlite3.connect(f"{uri}?mode={mode}", uri=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            break
+        except sqlite3.DatabaseError as exc:
+            if con is not None:
+                con.close()
+                con = None
+            if mode == "ro" or "not a database" in str(exc) or "malformed" in str(exc):
+                raise ValueError(f"{db} is not a readable SQLite database: {exc}") from None
+    assert con is not None
+    missing = {"readings", "forecasts", "matches"} - tables
+    if missing:
+        con.close()
+        raise ValueError(f"{db} is not a wattcast collector store (no {', '.join(sorted(missing))} table)")
+    try:
+        check_layout(con, db)
+        run = select_run(con, run)
+        view_run(con, run)  # temporary views: every query below sees this run only
+        con.execute("PRAGMA query_only = ON")
+    except StoreError as exc:
+        con.close()
+        raise ValueError(f"{db}: {exc}" if str(db) not in str(exc) else str(exc)) from None
+    return con, run
+
+
+class RunReader:
+    """One run of a store, read-only: the rows the report shows (``with RunReader(db, run) as r``)."""
+
+    def __init__(self, db: Path, run: str | None = None) -> None:
+        self.path = Path(db)
+        self.con, self.run = open_readonly(self.path, run)
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            return {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta")}
+        except sqlite3.DatabaseError:
+            return {}
+
+    def runs(self) -> list[dict[str, Any]]:
+        return runs(self.con)
+
+    def stats(self) -> dict[str, Any]:
+        return run_stats(self.con, self.run)
+
+    def summary(self) -> list[tuple[str, str, int, float, float, float, int, int]]:
+        """(house, model, n, mse, rmse, mae, unmatched, pending) the collector wrote when the run ended."""
+        return self.con.execute("SELECT house, model, n, mse, rmse, mae, unmatched, pending FROM summary "
+                                "ORDER BY house, model").fetchall()
+
+    def readings(self) -> list[tuple[str, int, int, float]]:
+        """(house, ts, seq, global_active_power) of every reading."""
+        return self.con.execute("SELECT house, ts, seq, global_active_power FROM readings ORDER BY house, ts").fetchall()
+
+    def forecasts(self) -> list[tuple[str, str, int, int, float]]:
+        """(house, model, issued_at, target_ts, value) of every forecast."""
+        return self.con.execute("SELECT house, model, issued_at, target_ts, value FROM forecasts "
+                                "ORDER BY house, model, issued_at").fetchall()
+
+    def model_versions(self) -> list[tuple[str, str]]:
+        """(model, model_version) pairs, the version forecast with last at the end."""
+        return self.con.execute("SELECT model, model_version FROM forecasts GROUP BY model, model_version "
+                                "ORDER BY MAX(received_at)").fetchall()
+
+    def latencies(self) -> list[tuple[str, float]]:
+        """(model, seconds from the reading's publication to the forecast's storage) per forecast."""
+        return self.con.execute("SELECT model, received_at - reading_sent_at FROM forecasts "
+                                "WHERE reading_sent_at IS NOT NULL").fetchall()
+
+    def nodes(self) -> list[tuple[str, str, str, float | None, dict[str, Any]]]:
+        """(node, role, state, ts, counters) of every node's newest status, oldest first."""
+        out = []
+        for node, role, state, ts, counters in self.con.execute(
+                "SELECT node, role, state, ts, counters FROM nodes ORDER BY COALESCE(ts, 0)"):
+            try:
+                c = json.loads(counters or "{}")
+            except ValueError:
+                c = {}
+            out.append((node, role, state, ts, c if isinstance(c, dict) else {}))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {t: self.con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("readings", "forecasts", "matches", "rejections")}
+
+    def time_span(self) -> tuple[int | None, int | None]:
+        """The first and the last reading's ts."""
+        return self.con.execute("SELECT MIN(ts), MAX(ts) FROM readings").fetchone()
+
+    def series(self, house: str, models: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(ts, kW) of the house's readings and (target_ts, kW) of each model's forecasts, as arrays."""
+        actual = np.array(self.con.execute("SELECT ts, global_active_power FROM readings WHERE house = ? ORDER BY ts",
+                                           (house,)).fetchall(), dtype=np.float64).reshape(-1, 2)
+        predicted = {model: np.array(self.con.execute(
+            "SELECT target_ts, value FROM forecasts WHERE house = ? AND model = ? ORDER BY target_ts",
+            (house, model)).fetchall(), dtype=np.float64).reshape(-1, 2) for model in models}
+        return actual, predicted
+
+    def errors(self, house: str | None = None) -> dict[str, np.ndarray]:
+        """Per model, (target_ts, forecast - actual) of its matches (of one house, or all), by target."""
+        where, args = ("WHERE house = ?", (house,)) if house else ("", ())
+        by_model: dict[str, list[tuple[int, float]]] = {}
+        for model, ts, err in self.con.execute(
+                f"SELECT model, target_ts, error FROM matches {where} ORDER BY model, target_ts", args):
+            by_model.setdefault(model, []).append((ts, err))
+        return {m: np.array(v, dtype=np.float64).reshape(-1, 2) for m, v in by_model.items()}

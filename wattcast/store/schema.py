@@ -1,0 +1,84 @@
+"""The collector store's tables, as SQL: one layout, checked on open.
+
+One store holds any number of runs (replays); every row names its run.  Tables
+(one row per message, keyed so that a redelivered message is stored once):
+
+* ``runs(run, first_seen, finished_at, stats)``: every run seen; ``finished_at`` and
+  the collector's counters (``stats``, JSON) once its end of stream is scored
+* ``readings(run, house, ts, seq, <7 measurements>, sent_at, received_at)``
+* ``forecasts(run, house, model, issued_at, model_version, seq, target_ts, value, reading_sent_at, received_at)``
+* ``matches(run, house, model, issued_at, target_ts, forecast, actual, error)``
+* ``ends(run, house, readings, last_seq, last_ts, received_at)``
+* ``rejections(id, received_at, topic, reason, payload_head, run)``: ``run`` when known
+* ``nodes(node, role, state, ts, counters)``: each node's newest status
+* ``summary(run, house, model, n, mse, rmse, mae, unmatched, pending)``: written at end of stream
+* ``meta(key, value)``: JSON facts of the collector (window, models) and of the newest finished run
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from wattcast.messages import READING_FIELDS
+
+#: ``PRAGMA user_version`` of this layout (2: every row names its run)
+LAYOUT = 2
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY, first_seen REAL NOT NULL, finished_at REAL, stats TEXT
+);
+CREATE TABLE IF NOT EXISTS readings (
+    run TEXT NOT NULL, house TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
+    {", ".join(f"{f} REAL NOT NULL" for f in READING_FIELDS)},
+    sent_at REAL, received_at REAL NOT NULL,
+    PRIMARY KEY (run, house, ts)
+);
+CREATE TABLE IF NOT EXISTS forecasts (
+    run TEXT NOT NULL, house TEXT NOT NULL, model TEXT NOT NULL, issued_at INTEGER NOT NULL,
+    model_version TEXT NOT NULL, seq INTEGER NOT NULL, target_ts INTEGER NOT NULL, value REAL NOT NULL,
+    reading_sent_at REAL, received_at REAL NOT NULL,
+    PRIMARY KEY (run, house, model, issued_at)
+);
+CREATE TABLE IF NOT EXISTS matches (
+    run TEXT NOT NULL, house TEXT NOT NULL, model TEXT NOT NULL, issued_at INTEGER NOT NULL,
+    target_ts INTEGER NOT NULL, forecast REAL NOT NULL, actual REAL NOT NULL, error REAL NOT NULL,
+    PRIMARY KEY (run, house, model, issued_at)
+);
+CREATE TABLE IF NOT EXISTS ends (
+    run TEXT NOT NULL, house TEXT NOT NULL, readings INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (run, house)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
+    payload_head BLOB, run TEXT
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, role TEXT NOT NULL, state TEXT NOT NULL, ts REAL, counters TEXT
+);
+CREATE TABLE IF NOT EXISTS summary (
+    run TEXT NOT NULL, house TEXT NOT NULL, model TEXT NOT NULL, n INTEGER NOT NULL, mse REAL NOT NULL,
+    rmse REAL NOT NULL, mae REAL NOT NULL, unmatched INTEGER NOT NULL, pending INTEGER NOT NULL,
+    PRIMARY KEY (run, house, model)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = {LAYOUT};
+"""
+
+#: the tables whose rows belong to one run
+RUN_TABLES = ("readings", "forecasts", "matches", "ends", "summary", "rejections")
+
+
+class StoreError(ValueError):
+    """A file that is not a store of this layout (one line, for the user)."""
+
+
+def check_layout(db: sqlite3.Connection, path: Path | str) -> None:
+    """StoreError if ``db`` holds a collector store of another layout (an older wattcast)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "readings" in tables and version != LAYOUT:
+        raise StoreError(f"{path} was written by a wattcast {'before run ids' if version < LAYOUT else 'newer'} "
+                         f"(store layout {version}, this one reads {LAYOUT}): move it away or give another --store")
