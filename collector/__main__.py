@@ -17,7 +17,7 @@ from wattcast.config import (
     positive_int,
     setup_logging,
 )
-from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
+from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
 from wattcast.node import EXIT_INCOMPLETE
 
 

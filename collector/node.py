@@ -16,7 +16,7 @@ from array import array
 import numpy as np
 
 from wattcast.bus import Bus, Message
-from wattcast.messages import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status
+from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
 from wattcast.store import Store

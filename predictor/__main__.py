@@ -19,7 +19,7 @@ from wattcast.config import (
     positive_int,
     setup_logging,
 )
-from wattcast.messages import ALL_ENDS, MODELS, house_filter
+from wattcast.contract import ALL_ENDS, MODELS, house_filter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model, args.models_dir, mu=args.mu)
         node = args.node or f"predictor-{model.name}"
-        bus = connect(broker_from_args(args), node, "predictor", manual_ack=True)
+        bus = connect(broker_from_args(args), node, "predictor", manual_ack=True, model=model.name)
     except (ArtifactError, ConnectionError, ValueError) as exc:
         print(f"predictor: error: {exc}", file=sys.stderr)
         return 1
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
     try:
         serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch,
-              tick=predictor.tick, checkpoint=predictor.checkpoint if state_path is not None else None)
+              tick=predictor.tick, checkpoint=predictor.checkpoint if state_path is not None else None,
+              model=model.name)
     finally:
         bus.close()
     return 0

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from wattcast.bus import Bus, Message
-from wattcast.forecasters import Forecaster, Model
-from wattcast.messages import (
+from wattcast.contract import (
+    READING_MAX,
+    READING_MIN,
     EndOfStream,
     Forecast,
     MessageError,
@@ -38,6 +39,7 @@ from wattcast.messages import (
     forecast_topic,
     parse_json,
 )
+from wattcast.forecasters import Forecaster, Model
 from wattcast.node import NodeStats, decode_delivered
 
 log = logging.getLogger(__name__)
@@ -260,17 +262,15 @@ class PredictorNode:
         c["predict_calls"] += 1
         horizon = self.model.horizon_s
         for (reading, _), value in zip(pending, values, strict=True):
-            try:
-                forecast = Forecast(
-                    reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
-                    reading.ts + horizon, float(value), reading.sent_at, run=reading.run,
-                )
-            except MessageError as exc:  # e.g. a model that diverged to NaN for one house: not the others
+            value = float(value)
+            if not READING_MIN <= value <= READING_MAX:  # NaN fails too: a model that diverged for one house
                 c["bad_forecasts"] += 1
                 if c["bad_forecasts"] <= 10 or c["bad_forecasts"] % 1000 == 0:
-                    log.warning("%s: no forecast for house %s seq %d (%d so far): %s", self.node, reading.house,
-                                reading.seq, c["bad_forecasts"], exc)
+                    log.warning("%s: no forecast for house %s seq %d (%d so far): the model gave %r kW",
+                                self.node, reading.house, reading.seq, c["bad_forecasts"], value)
                 continue
+            forecast = Forecast(reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
+                                reading.ts + horizon, value, reading.sent_at, run=reading.run)
             payload = forecast.to_json()
             self.bus.publish(forecast.topic, payload, qos=1)
             sent = self.sent.setdefault((reading.run, reading.house), {})

@@ -25,7 +25,7 @@ from wattcast.config import (
     run_id,
     setup_logging,
 )
-from wattcast.messages import MODELS
+from wattcast.contract import MODELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     from simulator.replay import Simulator, house_streams, wait_for_nodes
+    from wattcast.contract import status_topic
     from wattcast.data import DataError, data_notes, load_split
-    from wattcast.messages import status_topic
     from wattcast.node import NodeStats, StopFlag, connect, process_age_s, settle_heap, status
 
     stop = StopFlag()

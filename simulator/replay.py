@@ -12,7 +12,7 @@ as flow control allows.  Two levels of flow control:
 * the MQTT bus blocks while too many QoS 1 publishes wait for the broker's
   acknowledgement (the broker is never flooded);
 * with ``await_models``, the simulator subscribes to those models' forecasts (and
-  with ``await_nodes`` to those nodes' :class:`~wattcast.messages.Progress`: the
+  with ``await_nodes`` to those nodes' :class:`~wattcast.contract.Progress`: the
   collector's) and keeps at most ``window`` readings (over all houses; at least one
   minute of every house) ahead of the slowest of them, so a slow predictor or
   collector sets the pace instead of building a backlog (and latency).  The window trades replay speed
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wattcast.bus import Bus
-from wattcast.messages import (
+from wattcast.contract import (
     ALL_STATUS,
     FRESH_STATUS_S,
     READING_FIELDS,

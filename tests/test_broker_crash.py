@@ -99,7 +99,7 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
             procs[0].kill()
             procs[0].wait()
             from wattcast.bus import BrokerConfig, MqttBus
-            from wattcast.messages import ALL_READINGS, decode
+            from wattcast.contract import ALL_READINGS, decode
 
             spy = MqttBus(BrokerConfig(broker.host, broker.port), f"spy-{os.getpid()}", session=False).connect()
             spy.subscribe(ALL_READINGS)

@@ -31,6 +31,7 @@ import pytest
 
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus, topic_matches
+from wattcast.contract import Forecast, Metrics, Reading, decode, forecast_topic, metrics_topic, reading_topic
 from wattcast.credentials import (
     RUN_USERS,
     USERS,
@@ -45,7 +46,6 @@ from wattcast.credentials import (
     read_env_file,
     verify_password,
 )
-from wattcast.messages import Forecast, Metrics, Reading, decode, forecast_topic, metrics_topic, reading_topic
 
 REPO = Path(__file__).resolve().parents[1]
 H = "h000"
@@ -313,7 +313,7 @@ def test_viewer_follows_forecasts_and_metrics(login):
 NODE_SCRIPT = """
 import sys, time
 from wattcast.bus import BrokerConfig, MqttBus
-from wattcast.messages import status_topic
+from wattcast.contract import status_topic
 from wattcast.node import status
 host, port, user, password, node, client_id = sys.argv[1:7]
 will = (status_topic(node), status(node, "test", "offline").to_json())

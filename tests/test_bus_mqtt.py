@@ -14,7 +14,7 @@ import pytest
 
 from wattcast.broker import PrivateBroker, free_port
 from wattcast.bus import BrokerConfig, MqttBus
-from wattcast.messages import Reading, Status, decode, reading_topic, status_topic
+from wattcast.contract import Reading, Status, decode, reading_topic, status_topic
 
 pytestmark = pytest.mark.integration
 

@@ -32,6 +32,7 @@ import pytest
 
 from wattcast import config
 from wattcast.broker import PrivateBroker, available_kind
+from wattcast.contract import MODELS
 from wattcast.credentials import (
     CONTAINER_AUTH_DIR,
     CONTAINER_CONFIG_DIR,
@@ -44,7 +45,6 @@ from wattcast.credentials import (
     secured_private_broker,
     update_env_file,
 )
-from wattcast.messages import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"

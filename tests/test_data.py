@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 import wattcast.data as data
+from wattcast.contract import READING_FIELDS
 from wattcast.data import DataError, extract_block, load_split, read_meter_file, sample_path, subset_bounds
-from wattcast.messages import READING_FIELDS
 
 # The full data set beside the checkout (../shared/data), as on the developers' machines and in CI.
 FULL = Path(os.environ.get("WATTCAST_FULL_DATA",

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from wattcast.broker import available_kind
+from wattcast.contract import MODELS
 from wattcast.data import data_notes, extract_block, load_split, read_meter_file, sample_path
 from wattcast.evaluation import stream_forecasts, target_index
 from wattcast.forecasters import load_model
-from wattcast.messages import MODELS
 
 FULL = Path(os.environ.get("WATTCAST_FULL_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"))

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from wattcast.contract import HORIZON_S, MODELS, READING_FIELDS, Reading
 from wattcast.data import load_split, to_readings
 from wattcast.evaluation import evaluate, stream_forecasts
 from wattcast.forecasters import ArtifactError, LstmModel, default_models_dir, load_model
 from wattcast.forecasters.linear import LinearModel
-from wattcast.messages import HORIZON_S, MODELS, READING_FIELDS, Reading
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
 

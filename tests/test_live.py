@@ -13,8 +13,8 @@ import pytest
 
 from wattcast.broker import free_port
 from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.contract import Metrics, Status
 from wattcast.live import LiveTable, LiveView
-from wattcast.messages import Metrics, Status
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1196680980

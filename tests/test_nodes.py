@@ -12,10 +12,7 @@ from collector.node import CollectorNode
 from predictor.node import PredictorNode
 from simulator.replay import Simulator, house_streams
 from wattcast.bus import MemoryHub, Message
-from wattcast.data import load_split, to_readings
-from wattcast.evaluation import stream_forecasts
-from wattcast.forecasters import load_model
-from wattcast.messages import (
+from wattcast.contract import (
     ALL_ENDS,
     ALL_FORECASTS,
     ALL_READINGS,
@@ -30,6 +27,9 @@ from wattcast.messages import (
     reading_topic,
     status_topic,
 )
+from wattcast.data import load_split, to_readings
+from wattcast.evaluation import stream_forecasts
+from wattcast.forecasters import load_model
 from wattcast.scoring import ModelScore
 from wattcast.store import Store
 
@@ -596,7 +596,7 @@ def test_serve_survives_a_failing_handler_and_counts_it():
 
 
 def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
-    from wattcast.messages import Status
+    from wattcast.contract import Status
 
     node, bus, store = make_collector(tmp_path)
     final = Status("predictor-linear", "offline", "predictor", 2.0, {"rss_kb": 40000, "forecasts": 7})
@@ -614,7 +614,7 @@ def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
 def test_collector_rejects_retained_readings_and_forecasts_but_not_statuses(tmp_path):
     """Only statuses are retained: a retained reading or forecast (left by anyone, in any run)
     would be delivered to every new subscriber; it is rejected, counted and stored."""
-    from wattcast.messages import NOT_RETAINED, Status
+    from wattcast.contract import NOT_RETAINED, Status
 
     node, bus, store = make_collector(tmp_path)
     stale = [
@@ -645,7 +645,7 @@ def test_predictor_rejects_a_retained_reading(val):
 
 def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_there():
     from simulator.replay import FRESH_STATUS_S, wait_for_nodes
-    from wattcast.messages import Status
+    from wattcast.contract import Status
 
     now = 1_800_000_000.0
     bus = MemoryHub().connect()
@@ -712,7 +712,7 @@ def test_the_collector_reports_a_loss_when_it_finalizes(tmp_path, caplog):
 
 
 def test_a_reading_whose_seq_jumps_far_ahead_is_rejected_and_discards_nothing(val):
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     from predictor.node import MAX_SEQ_JUMP
 
@@ -761,3 +761,16 @@ def test_readings_held_after_a_hole_survive_a_restart(val, tmp_path):
     clean = MemoryHub().connect()
     PredictorNode(clean, load_model("linear")).handle([msg(r) for r in rs])
     assert {f.seq: f.value for f in forecasts_of(bus)} == {f.seq: f.value for f in forecasts_of(clean)[4:]}
+
+
+def test_a_forecast_a_model_cannot_give_is_counted_not_published(val):
+    """Messages built in Python are not validated: the predictor checks what its model computed."""
+    model = load_model("persistence")
+    real = model.predict
+    model.predict = lambda queries: [float("nan"), *real(queries[1:])]  # diverged for the first one
+    bus = MemoryHub().connect()
+    node = PredictorNode(bus, model)
+    readings = to_readings(val.iloc[:3])
+    node.handle([msg(r) for r in readings])
+    assert node.stats.counters["bad_forecasts"] == 1
+    assert [f.seq for f in forecasts_of(bus)] == [2]

@@ -19,10 +19,10 @@ import pytest
 
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.contract import MODELS, EndOfStream, Forecast, Reading, forecast_topic, reading_topic
 from wattcast.data import load_split
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
-from wattcast.messages import MODELS, EndOfStream, Forecast, Reading, forecast_topic, reading_topic
 from wattcast.store import Store
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 def wait_online(url: str, nodes: list[str], timeout: float = 60) -> None:
     """Wait for the retained online status of every node (fresh ones only)."""
-    from wattcast.messages import ALL_STATUS, Status, decode
+    from wattcast.contract import ALL_STATUS, Status, decode
 
     since = time.time() - 0.5
     bus = MqttBus(BrokerConfig.from_url(url), client_id=f"test-wait-{os.getpid()}-{time.monotonic_ns()}",

@@ -270,7 +270,7 @@ def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
 
 def make_store(path: Path, houses=("h000", "h001"), summary: bool = True) -> Path:
     """Two houses, linear and persistence, 120 minutes; h001 misses the reading of minute 50."""
-    from wattcast.messages import Forecast, Reading, Status
+    from wattcast.contract import Forecast, Reading, Status
     from wattcast.scoring import Scoreboard
     from wattcast.store import Store
 

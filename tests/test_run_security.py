@@ -14,19 +14,19 @@ import queue
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from wattcast.broker import available_kind
 from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.contract import EndOfStream, Forecast, Status, end_topic, forecast_topic, reading_topic, status_topic
 from wattcast.credentials import password_env_var, read_env_file
 from wattcast.data import load_split, to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
-from wattcast.messages import EndOfStream, Forecast, Status, end_topic, forecast_topic, reading_topic, status_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

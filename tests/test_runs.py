@@ -10,12 +10,12 @@ The same with real processes and mosquitto: tests/test_compose.py
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sqlite3
 import subprocess
 import sys
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -23,10 +23,10 @@ from collector.node import CollectorNode
 from predictor.node import MAX_RUNS, PredictorNode
 from simulator.replay import Simulator, house_streams
 from wattcast.bus import MemoryHub, Message
+from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
 from wattcast.data import load_split, to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
-from wattcast.messages import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
 from wattcast.report import list_runs, load_report_data
 from wattcast.runner import scores_from_store
 from wattcast.store import Store, StoreError
@@ -42,7 +42,7 @@ def msg(obj) -> Message:
 
 
 def in_run(readings, run: str) -> list:
-    return [dataclasses.replace(r, run=run) for r in readings]
+    return [msgspec.structs.replace(r, run=run) for r in readings]
 
 
 def forecasts_of(bus) -> list[Forecast]:
@@ -104,7 +104,7 @@ T0 = 1196680920
 
 
 def reading(run: str, seq: int, gap: float, house: str = "h000"):
-    from wattcast.messages import Reading
+    from wattcast.contract import Reading
 
     return Reading(house, seq, T0 + 60 * seq, gap, 0.1, 240.0, 4.0, 0.0, 0.0, 17.0, run=run)
 
@@ -206,14 +206,14 @@ def test_the_collector_fails_a_run_it_scored_incomplete_or_conflicting(tmp_path)
 # ------------------------------------------------------------------------------- simulator
 
 def test_the_simulator_paces_itself_on_its_own_run_only(val):
-    from wattcast.messages import Progress
+    from wattcast.contract import Progress
 
     hub = MemoryHub()
     sim = Simulator(hub.connect(), house_streams(val, 1, limit=20), speed=None, progress=lambda line: None,
                     await_models=("linear",), await_nodes=("collector",), recover_from="collector", run="mine")
     theirs = [Forecast("h000", "linear", "v", 7, T0, T0 + 300, 1.0, run="other"),
               Progress("collector", "h000", 7, 7, 1, run="other")]
-    ours = [dataclasses.replace(m, run="mine") for m in theirs]
+    ours = [msgspec.structs.replace(m, run="mine") for m in theirs]
     # an earlier replay's late forecasts and progress move nothing on
     assert not any(sim._note(msg(m)) for m in theirs)
     assert sim.forecast_seq == {} and sim.node_minute == {} and sim.complete == -1

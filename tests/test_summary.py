@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from wattcast.broker import available_kind
+from wattcast.contract import Metrics
 from wattcast.live import LiveTable, LiveView
-from wattcast.messages import Metrics
 from wattcast.runner import format_table
 
 T0 = 1196680920

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wattcast.config import positive_int
-from wattcast.messages import MODELS
+from wattcast.contract import MODELS
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

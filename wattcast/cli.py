@@ -19,7 +19,7 @@ from wattcast.config import (
     positive_int,
     run_id,
 )
-from wattcast.messages import MODELS
+from wattcast.contract import MODELS
 
 
 class UsageError(Exception):

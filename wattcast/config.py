@@ -107,7 +107,7 @@ def parse_speed(value: str) -> float | None:
 
 
 def run_id(value: str) -> str:
-    from wattcast.messages import MessageError, check_run
+    from wattcast.contract import MessageError, check_run
 
     try:
         return check_run(value)

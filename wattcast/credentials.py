@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wattcast.assets import mosquitto_dir
-from wattcast.messages import MODELS
+from wattcast.contract import MODELS
 
 MOSQUITTO_DIR = mosquitto_dir()
 DEPLOYMENT_CONF = MOSQUITTO_DIR / "mosquitto.conf"

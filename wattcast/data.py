@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wattcast.messages import READING_FIELDS, READING_MAX, READING_MIN, TS_MAX, TS_MIN, Reading
+from wattcast.contract import READING_FIELDS, READING_MAX, READING_MIN, TS_MAX, TS_MIN, Reading
 
 UCI_COLUMNS = [
     "Global_active_power",
@@ -97,7 +97,7 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     """Read and clean a meter file.
 
     Returns one row per minute with columns ``datetime``, ``ts`` (unix seconds)
-    and the seven measurements named as in :data:`wattcast.messages.READING_FIELDS`.
+    and the seven measurements named as in :data:`wattcast.contract.READING_FIELDS`.
     Rows with a missing value are dropped; ``df.attrs["rows_raw"]`` keeps the count before.
     """
     path = Path(path)

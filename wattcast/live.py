@@ -1,6 +1,6 @@
 """A live view of the collector's metrics: one table row per model, updated in place.
 
-:class:`LiveTable` keeps the newest :class:`~wattcast.messages.Metrics` of every
+:class:`LiveTable` keeps the newest :class:`~wattcast.contract.Metrics` of every
 (house, model) and renders per model, aggregated over houses: houses, matched n,
 rolling MSE (pooled over the houses' windows), cumulative MSE (pooled), matched
 forecasts per second (from the growth of n over the last few seconds of wall time)
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
-from wattcast.messages import FRESH_STATUS_S, MODELS, Metrics, Status
+from wattcast.contract import FRESH_STATUS_S, MODELS, Metrics, Status
 
 
 @dataclass(frozen=True)

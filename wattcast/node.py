@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from wattcast.bus import BrokerConfig, Bus, Message, MqttBus
-from wattcast.messages import NOT_RETAINED, MessageError, Status, decode, may_be_retained, status_topic
+from wattcast.contract import NOT_RETAINED, MessageError, Status, decode, may_be_retained, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,20 @@ def cpu_ms() -> int:
     return int((ru.ru_utime + ru.ru_stime) * 1000)
 
 
-def status(node: str, role: str, state: str, stats: NodeStats | None = None) -> Status:
+def status(node: str, role: str, state: str, stats: NodeStats | None = None, model: str | None = None) -> Status:
     """The node's status; its counters include ``rss_kb`` (peak resident memory) and ``cpu_ms``."""
     counters = None
     if stats is not None:
         stats.counters["rss_kb"] = peak_rss_kb()
         stats.counters["cpu_ms"] = cpu_ms()
         counters = dict(stats.counters)
-    return Status(node, state, role, time.time(), counters)
+    return Status(node, state, role, time.time(), counters, model)
 
 
 def connect(broker: BrokerConfig, node: str, role: str, manual_ack: bool = False, session: bool = True,
-            timeout: float = 15.0) -> MqttBus:
+            timeout: float = 15.0, model: str | None = None) -> MqttBus:
     """An MqttBus for ``node`` whose last will marks it offline; connected, status online."""
-    will = (status_topic(node), status(node, role, "offline").to_json())
+    will = (status_topic(node), status(node, role, "offline", model=model).to_json())
     bus = MqttBus(broker, client_id=f"wattcast-{node}", session=session, will=will, manual_ack=manual_ack)
     bus.connect(timeout)
     return bus
@@ -203,7 +203,8 @@ class Checkpoints:
 
 def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[list[Message]], None],
           stop: StopFlag, max_batch: int = 512, status_every: float = 2.0,
-          tick: Callable[[], bool] | None = None, checkpoint: Callable[[], None] | None = None) -> None:
+          tick: Callable[[], bool] | None = None, checkpoint: Callable[[], None] | None = None,
+          model: str | None = None) -> None:
     """The node main loop: batches -> ``handle`` -> ack; periodic status; ``tick()`` True ends the loop.
 
     With ``checkpoint`` (saves the node's state) messages are acknowledged only after
@@ -214,7 +215,7 @@ def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[li
         stats.counters["startup_ms"] = int(age * 1000)
     settle_heap()
     checkpoints = Checkpoints(bus, stats, checkpoint) if checkpoint is not None else None
-    bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
+    bus.publish(status_topic(node), status(node, role, "online", stats, model).to_json(), retain=True)
     next_status = time.monotonic() + status_every
     while not stop.is_set():
         batch = drain(bus, max_batch, timeout=0.1)
@@ -235,11 +236,11 @@ def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[li
             checkpoints.commit()
         now = time.monotonic()
         if now >= next_status:
-            bus.publish(status_topic(node), status(node, role, "online", stats).to_json(), retain=True)
+            bus.publish(status_topic(node), status(node, role, "online", stats, model).to_json(), retain=True)
             next_status = now + status_every
         if tick is not None and tick():
             break
     if checkpoints is not None and checkpoints.held:
         checkpoints.commit()
-    bus.publish(status_topic(node), status(node, role, "offline", stats).to_json(), retain=True)
+    bus.publish(status_topic(node), status(node, role, "offline", stats, model).to_json(), retain=True)
     bus.flush(timeout=10)

@@ -34,7 +34,7 @@ from wattcast.config import (
     positive_float,
     positive_int,
 )
-from wattcast.messages import (
+from wattcast.contract import (
     ALL_METRICS,
     ALL_STATUS,
     MODELS,
@@ -193,7 +193,7 @@ def scores_from_store(db_path: Path, models: list[str] | None = None, houses: in
                       run: str | None = None) -> dict[str, Any]:
     """Per-model scores of ``run`` (default: the newest) pooled over houses, per-house scores, the
     store's counters, and what is missing.  StoreError if the store holds no such run."""
-    from wattcast.messages import house_ids
+    from wattcast.contract import house_ids
     from wattcast.store import Store
 
     store = Store(db_path)
@@ -480,7 +480,7 @@ def _reset_sessions(config: BrokerConfig, nodes: list[str]) -> None:
 
 def _clear_statuses(bus: MqttBus, nodes: list[str]) -> None:
     """Remove the retained statuses a finished run leaves on a shared broker (an empty retained payload)."""
-    from wattcast.messages import status_topic
+    from wattcast.contract import status_topic
 
     try:
         for node in nodes:

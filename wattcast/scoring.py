@@ -15,7 +15,7 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from wattcast.messages import DEFAULT_RUN, Forecast, Metrics, Reading
+from wattcast.contract import DEFAULT_RUN, Forecast, Metrics, Reading
 
 
 class Conflict(ValueError):

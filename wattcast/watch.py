@@ -16,8 +16,8 @@ import uuid
 from typing import TextIO
 
 from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.contract import ALL_STATUS, MessageError, Metrics, Status, decode, house_filter
 from wattcast.live import LiveView
-from wattcast.messages import ALL_STATUS, MessageError, Metrics, Status, decode, house_filter
 
 
 def watch(broker: BrokerConfig, houses: list[str] | None = None, duration: float | None = None,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wattcast.contract import MODELS
 from wattcast.forecasters.base import Forecaster, Model
 from wattcast.forecasters.linear import LinearModel
 from wattcast.forecasters.lstm import ArtifactError, LstmModel
 from wattcast.forecasters.persistence import PersistenceModel
-from wattcast.messages import MODELS
 
 __all__ = ["MODELS", "ArtifactError", "Forecaster", "Model", "load_model", "default_models_dir"]
 

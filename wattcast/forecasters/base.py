@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.messages import HORIZON_S, Reading, check_float, check_int
+from wattcast.contract import HORIZON_S, Reading, check_float, check_int
 
 
 class Forecaster(ABC):

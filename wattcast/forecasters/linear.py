@@ -11,8 +11,8 @@ time (which would lose every significant digit of the slope).
 
 from __future__ import annotations
 
+from wattcast.contract import Reading
 from wattcast.forecasters.base import Forecaster, ScalarModel
-from wattcast.messages import Reading
 
 
 class LinearForecaster(Forecaster):

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from wattcast.contract import Reading
 from wattcast.forecasters.base import Forecaster, Model
-from wattcast.messages import Reading
 
 
 class ArtifactError(ValueError):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from wattcast.contract import Reading
 from wattcast.forecasters.base import Forecaster, ScalarModel
-from wattcast.messages import Reading
 
 
 class PersistenceForecaster(Forecaster):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.messages import MODELS, Forecast
+from wattcast.contract import MODELS, Forecast
 from wattcast.scoring import Scoreboard
 from wattcast.store import RunReader
 
@@ -199,8 +199,9 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
 
         nodes_by_model: dict[str, tuple[str, dict[str, Any]]] = {}
         collector_counters: dict[str, Any] = {}
-        for node, role, _state, _ts, c in reader.nodes():  # oldest first: the newest status wins
-            model = _node_model(node) if role == "predictor" else None
+        for node, role, _state, _ts, c, said in reader.nodes():  # oldest first: the newest status wins
+            # a predictor's status names its model; a name like predictor-<model>-<pid> is the fallback
+            model = (said or _node_model(node)) if role == "predictor" else None
             if model is not None:
                 nodes_by_model[model] = (node, c)
             elif role == "collector":

@@ -146,16 +146,16 @@ class RunReader:
         return self.con.execute("SELECT model, received_at - reading_sent_at FROM forecasts "
                                 "WHERE reading_sent_at IS NOT NULL").fetchall()
 
-    def nodes(self) -> list[tuple[str, str, str, float | None, dict[str, Any]]]:
-        """(node, role, state, ts, counters) of every node's newest status, oldest first."""
+    def nodes(self) -> list[tuple[str, str, str, float | None, dict[str, Any], str | None]]:
+        """(node, role, state, ts, counters, model) of every node's newest status, oldest first."""
         out = []
-        for node, role, state, ts, counters in self.con.execute(
-                "SELECT node, role, state, ts, counters FROM nodes ORDER BY COALESCE(ts, 0)"):
+        for node, role, state, ts, counters, model in self.con.execute(
+                "SELECT node, role, state, ts, counters, model FROM nodes ORDER BY COALESCE(ts, 0)"):
             try:
                 c = json.loads(counters or "{}")
             except ValueError:
                 c = {}
-            out.append((node, role, state, ts, c if isinstance(c, dict) else {}))
+            out.append((node, role, state, ts, c if isinstance(c, dict) else {}, model))
         return out
 
     def counts(self) -> dict[str, int]:

@@ -10,7 +10,7 @@ One store holds any number of runs (replays); every row names its run.  Tables
 * ``matches(run, house, model, issued_at, target_ts, forecast, actual, error)``
 * ``ends(run, house, readings, last_seq, last_ts, received_at)``
 * ``rejections(id, received_at, topic, reason, payload_head, run)``: ``run`` when known
-* ``nodes(node, role, state, ts, counters)``: each node's newest status
+* ``nodes(node, role, state, ts, counters, model)``: each node's newest status (``model``: a predictor's)
 * ``summary(run, house, model, n, mse, rmse, mae, unmatched, pending)``: written at end of stream
 * ``meta(key, value)``: JSON facts of the collector (window, models) and of the newest finished run
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from wattcast.messages import READING_FIELDS
+from wattcast.contract import READING_FIELDS
 
 #: ``PRAGMA user_version`` of this layout (2: every row names its run)
 LAYOUT = 2
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     payload_head BLOB, run TEXT
 );
 CREATE TABLE IF NOT EXISTS nodes (
-    node TEXT PRIMARY KEY, role TEXT NOT NULL, state TEXT NOT NULL, ts REAL, counters TEXT
+    node TEXT PRIMARY KEY, role TEXT NOT NULL, state TEXT NOT NULL, ts REAL, counters TEXT, model TEXT
 );
 CREATE TABLE IF NOT EXISTS summary (
     run TEXT NOT NULL, house TEXT NOT NULL, model TEXT NOT NULL, n INTEGER NOT NULL, mse REAL NOT NULL,

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from wattcast.messages import READING_FIELDS, EndOfStream, Forecast, Metrics, Reading, Status
+from wattcast.contract import READING_FIELDS, EndOfStream, Forecast, Metrics, Reading, Status
 from wattcast.scoring import Match
 from wattcast.store.reader import run_stats, select_run
 from wattcast.store.schema import SCHEMA, StoreError, check_layout
@@ -80,10 +80,10 @@ class Store:
     def set_node(self, s: Status) -> None:
         """The node's newest status; a last will (no counters) keeps the counters stored before."""
         self.db.execute(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET role = excluded.role, "
-            "state = excluded.state, ts = excluded.ts, "
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET role = excluded.role, "
+            "state = excluded.state, ts = excluded.ts, model = COALESCE(excluded.model, nodes.model), "
             "counters = CASE WHEN ? THEN excluded.counters ELSE nodes.counters END",
-            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.counters is not None))
+            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model, s.counters is not None))
 
     def set_summary(self, metrics: Iterable[Metrics]) -> None:
         self.db.executemany(
