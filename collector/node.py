@@ -16,7 +16,7 @@ from array import array
 import numpy as np
 
 from wattcast.bus import Bus, Message
-from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status
+from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, model_name
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
 from wattcast.store import Store
@@ -86,7 +86,7 @@ class CollectorNode:
                  metrics_every: float = 1.0, drain_s: float = 30.0, node: str = "collector") -> None:
         self.bus = bus
         self.store = store
-        self.models = tuple(models)
+        self.models = tuple(model_name(m) for m in models)
         self.window_s = window_s
         self.metrics_every = metrics_every
         self.drain_s = drain_s

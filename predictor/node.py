@@ -37,6 +37,7 @@ from wattcast.contract import (
     check_int,
     check_run,
     forecast_topic,
+    model_name,
     parse_json,
 )
 from wattcast.forecasters import Forecaster, Model
@@ -78,6 +79,7 @@ class PredictorNode:
         self.runs: dict[str, None] = {}
         self.last_run: str | None = None
         self.model = model
+        self.model_name = model_name(model.name)  # ValueError for a model the contract does not know
         self.node = node or f"predictor-{model.name}"
         self.stats = NodeStats(self.node)
         self.houses: dict[Stream, Forecaster] = {}
@@ -269,7 +271,7 @@ class PredictorNode:
                     log.warning("%s: no forecast for house %s seq %d (%d so far): the model gave %r kW",
                                 self.node, reading.house, reading.seq, c["bad_forecasts"], value)
                 continue
-            forecast = Forecast(reading.house, self.model.name, self.model.version, reading.seq, reading.ts,
+            forecast = Forecast(reading.house, self.model_name, self.model.version, reading.seq, reading.ts,
                                 reading.ts + horizon, value, reading.sent_at, run=reading.run)
             payload = forecast.to_json()
             self.bus.publish(forecast.topic, payload, qos=1)

@@ -86,7 +86,7 @@ class HouseStream:
             self.length = len(self.ts)
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.ts) if self.length is None else self.length
 
     def ts_at(self, i: int) -> int:
         if self.restamp:
@@ -208,7 +208,9 @@ class Simulator:
                     for s in self.streams:
                         if i >= len(s):
                             continue
-                        reading = Reading(s.house, i, s.ts_at(i), *s.values_at(i), sent_at=time.time(), run=self.run_id)
+                        gap, grp, volt, amps, sub1, sub2, sub3 = s.values_at(i)
+                        reading = Reading(s.house, i, s.ts_at(i), gap, grp, volt, amps, sub1, sub2, sub3,
+                                          sent_at=time.time(), run=self.run_id)
                         self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
                         if i > sent_up_to:
                             self.published += 1
@@ -266,13 +268,13 @@ class Simulator:
         """Block until every node to recover with has published a live (not retained) online status
         since the last reconnection; another reconnection meanwhile starts the wait again."""
         deadline = time.monotonic() + self.recover_wait_s
-        reconnects, live = self._reconnects(), set()
+        reconnects, live = self._reconnects(), set[str]()
         while not self.recover_nodes <= live and not stop():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nodes not back after losing the broker ({self.recover_wait_s:.0f} s): "
                                    f"{', '.join(sorted(self.recover_nodes - live))}")
             if self._reconnects() != reconnects:
-                reconnects, live = self._reconnects(), set()
+                reconnects, live = self._reconnects(), set[str]()
             try:
                 message = self.bus.inbox.get(timeout=0.2)
             except queue.Empty:

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class MqttBus:
         if self.manual_ack:
             c.manual_ack_set(True)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=0.2, max_delay=2)
+        c.reconnect_delay_set(min_delay=0.2, max_delay=2)  # type: ignore[arg-type]  # paho takes seconds as float
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -396,7 +396,7 @@ class MqttBus:
         done = threading.Event()
         with self._lock:  # so the UNSUBACK cannot be handled before its mid is registered
             rc, mid = self.client.unsubscribe(filters)
-            if rc != self._mqtt.MQTT_ERR_SUCCESS:
+            if rc != self._mqtt.MQTT_ERR_SUCCESS or mid is None:
                 return
             self._unsubscribed[mid] = done
         if not done.wait(timeout):
@@ -436,7 +436,7 @@ class MqttBus:
             with contextlib.suppress(OSError):
                 wake.send(b"0")
         client.loop_stop()
-        sock = client.socket()
+        sock = cast("socket.socket | None", client.socket())  # a TCP (or TLS) socket here
         if sock is None or not self._connected.is_set():
             return
         deadline = time.monotonic() + timeout

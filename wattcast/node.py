@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from wattcast.bus import BrokerConfig, Bus, Message, MqttBus
-from wattcast.contract import NOT_RETAINED, MessageError, Status, decode, may_be_retained, status_topic
+from wattcast.contract import NOT_RETAINED, MessageError, State, Status, decode, may_be_retained, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def cpu_ms() -> int:
     return int((ru.ru_utime + ru.ru_stime) * 1000)
 
 
-def status(node: str, role: str, state: str, stats: NodeStats | None = None, model: str | None = None) -> Status:
+def status(node: str, role: str, state: State, stats: NodeStats | None = None, model: str | None = None) -> Status:
     """The node's status; its counters include ``rss_kb`` (peak resident memory) and ``cpu_ms``."""
     counters = None
     if stats is not None:

@@ -15,7 +15,7 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from wattcast.contract import DEFAULT_RUN, Forecast, Metrics, Reading
+from wattcast.contract import DEFAULT_RUN, Forecast, Metrics, ModelName, Reading
 
 
 class Conflict(ValueError):
@@ -195,7 +195,7 @@ class Scoreboard:
                 pending += k
         return unmatched, pending
 
-    def metrics(self, house: str, model: str) -> Metrics:
+    def metrics(self, house: str, model: ModelName) -> Metrics:
         s = self._score(house, model)
         unmatched, pending = self.open_counts(house, model)
         as_of = s.as_of or self.newest.get(house) or 631152000

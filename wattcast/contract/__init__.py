@@ -41,10 +41,13 @@ from wattcast.contract.payloads import (
     EndOfStream,
     Forecast,
     Metrics,
+    ModelName,
     Payload,
     Progress,
     Reading,
+    State,
     Status,
+    model_name,
 )
 from wattcast.contract.topics import (
     ALL_ENDS,
@@ -71,7 +74,8 @@ __all__ = [
     "ALL_ENDS", "ALL_FORECASTS", "ALL_METRICS", "ALL_READINGS", "ALL_STATUS", "DEFAULT_RUN", "FRESH_STATUS_S",
     "HORIZON_S", "KINDS", "MAX_PAYLOAD_BYTES", "MODELS", "NOT_RETAINED", "READING_FIELDS", "READING_MAX",
     "READING_MIN", "ROOT", "STATES", "TS_MAX", "TS_MIN", "EndOfStream", "Forecast", "MessageError", "Metrics",
-    "Payload", "Progress", "Reading", "Status", "check_float", "check_int", "check_run", "decode", "decode_payload",
-    "encode", "end_topic", "forecast_topic", "house_filter", "house_ids", "may_be_retained", "metrics_topic",
-    "new_run_id", "parse_json", "parse_topic", "progress_topic", "reading_topic", "status_topic",
+    "ModelName", "Payload", "Progress", "Reading", "State", "Status", "check_float", "check_int", "check_run",
+    "decode", "decode_payload", "encode", "end_topic", "forecast_topic", "house_filter", "house_ids",
+    "may_be_retained", "metrics_topic", "model_name", "new_run_id", "parse_json", "parse_topic", "progress_topic",
+    "reading_topic", "status_topic",
 ]

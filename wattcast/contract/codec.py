@@ -36,7 +36,7 @@ def encode(message: Payload) -> bytes:
 
 
 def _checked(msg: P) -> P:
-    if type(msg) is Forecast and msg.target_ts <= msg.issued_at:
+    if isinstance(msg, Forecast) and msg.target_ts <= msg.issued_at:
         raise MessageError("target_ts must be after issued_at")
     return msg
 

@@ -75,8 +75,16 @@ NODE_DOC = Meta(description=f"node id, {ID_RULE}; equals the <node> level of the
 Run = Annotated[str, ID, RUN_DOC]
 House = Annotated[str, ID, HOUSE_DOC]
 Node = Annotated[str, ID, NODE_DOC]
-Model = Annotated[Literal["lstm", "lstm-augmented", "linear", "persistence"],
-                  Meta(description="the model; equals the <model> level of the topic")]
+ModelName = Literal["lstm", "lstm-augmented", "linear", "persistence"]
+State = Literal["online", "offline"]
+Model = Annotated[ModelName, Meta(description="the model; equals the <model> level of the topic")]
+
+
+def model_name(name: str) -> ModelName:
+    """``name`` as a model of the contract (ValueError if it is none)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return name  # type: ignore[return-value]  # checked just above
 
 
 def D(text: str) -> Meta:  # noqa: N802 - reads like the annotation it is part of
@@ -196,7 +204,7 @@ class Status(Payload, frozen=True, omit_defaults=True):
     disappears without saying so."""
 
     node: Node
-    state: Annotated[Literal["online", "offline"], D("online or offline")]
+    state: Annotated[State, D("online or offline")]
     role: Annotated[str, ID, D("simulator, predictor or collector")]
     ts: Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds of the status (optional; absent in a "
                                          "last will)")] | None = None

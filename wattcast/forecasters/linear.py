@@ -17,6 +17,8 @@ from wattcast.forecasters.base import Forecaster, ScalarModel
 
 class LinearForecaster(Forecaster):
 
+    model: LinearModel
+
     def __init__(self, model: LinearModel) -> None:
         super().__init__(model)
         self.s0 = self.s1 = self.s2 = self.sy = self.sxy = 0.0

@@ -105,6 +105,8 @@ class LstmNet:
 
 
 class LstmForecaster(Forecaster):
+    model: LstmModel
+
     def __init__(self, model: LstmModel) -> None:
         super().__init__(model)
         self.window = np.zeros((model.seq_length, len(model.features)), np.float32)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.contract import MODELS, Forecast
+from wattcast.contract import MODELS, Forecast, model_name
 from wattcast.scoring import Scoreboard
 from wattcast.store import RunReader
 
@@ -101,11 +101,11 @@ def _rows_from_scoring(reader: RunReader, window_s: int) -> list[Row]:
         board.add_actual(house, ts, value)
     keys = set()
     for house, model, issued_at, target_ts, value in reader.forecasts():
-        board.add_forecast(Forecast(house, model, "-", 0, issued_at, target_ts, value, run=reader.run))
+        board.add_forecast(Forecast(house, model_name(model), "-", 0, issued_at, target_ts, value, run=reader.run))
         keys.add((house, model))
     rows = []
     for house, model in sorted(keys):
-        m = board.metrics(house, model)
+        m = board.metrics(house, model_name(model))
         rows.append(Row(house, model, m.n, m.mse if m.n else None, m.rmse if m.n else None, m.mae if m.n else None,
                         m.unmatched, m.pending))
     return rows
@@ -113,13 +113,14 @@ def _rows_from_scoring(reader: RunReader, window_s: int) -> list[Row]:
 
 def _pool(model: str, rows: list[Row]) -> Row:
     n = sum(r.n for r in rows)
-    scored = [r for r in rows if r.n and r.mse is not None]
+    scored = [(r.n, r.mse, r.mae or 0.0) for r in rows if r.n and r.mse is not None]
+    mse: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
     if n and scored:
-        mse = sum(r.n * r.mse for r in scored) / n
-        mae = sum(r.n * (r.mae or 0.0) for r in scored) / n
-        rmse: float | None = math.sqrt(mse)
-    else:
-        mse = mae = rmse = None
+        mse = sum(k * e for k, e, _ in scored) / n
+        mae = sum(k * a for k, _, a in scored) / n
+        rmse = math.sqrt(mse)
     unmatched = None if any(r.unmatched is None for r in rows) else sum(r.unmatched or 0 for r in rows)
     pending = None if any(r.pending is None for r in rows) else sum(r.pending or 0 for r in rows)
     return Row(ALL, model, n, mse, rmse, mae, unmatched, pending)
@@ -197,18 +198,18 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
                 costs[model].latency_p50_ms = float(np.percentile(a, 50))
                 costs[model].latency_p99_ms = float(np.percentile(a, 99))
 
-        nodes_by_model: dict[str, tuple[str, dict[str, Any]]] = {}
+        nodes_by_model: dict[str, tuple[str | None, dict[str, Any]]] = {}
         collector_counters: dict[str, Any] = {}
         for node, role, _state, _ts, c, said in reader.nodes():  # oldest first: the newest status wins
             # a predictor's status names its model; a name like predictor-<model>-<pid> is the fallback
-            model = (said or _node_model(node)) if role == "predictor" else None
-            if model is not None:
-                nodes_by_model[model] = (node, c)
+            of_model = (said or _node_model(node)) if role == "predictor" else None
+            if of_model is not None:
+                nodes_by_model[of_model] = (node, c)
             elif role == "collector":
                 collector_counters = c
         for model, cost in costs.items():
-            node, c = nodes_by_model.get(model, (None, {}))
-            cost.node = node
+            who, c = nodes_by_model.get(model, (None, {}))
+            cost.node = who
             cost.rss_kb = c.get("rss_kb") if isinstance(c.get("rss_kb"), int) else None
             cost.startup_ms = c.get("startup_ms") if isinstance(c.get("startup_ms"), int) else None
         no_node = [m for m in models if costs[m].node is None]
@@ -241,9 +242,9 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
                                  f"forecast with {run_version}; size, parameters and loss curves are n/a.")
                     continue
                 d = m.describe()
-                history = (getattr(m, "metadata", {}) or {}).get("history") or {}
+                md = getattr(m, "metadata", {}) or {}
+                history = md.get("history") or {}
                 if history.get("loss"):
-                    md = m.metadata
                     loss[model] = {"history": history, "version": m.version,
                                    "best_epoch": (md.get("training") or {}).get("best_epoch"),
                                    "scaled": bool(md.get("scaler")), "features": md.get("features")}
@@ -254,8 +255,9 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
                     d = load_model(model).describe()
                 except (ValueError, ArtifactError):
                     continue
-            cost.parameters = int(d.get("parameters")) if d.get("parameters") is not None else None
-            cost.size_bytes = int(d.get("size_bytes")) if d.get("size_bytes") is not None else None
+            parameters, size = d.get("parameters"), d.get("size_bytes")
+            cost.parameters = int(parameters) if parameters is not None else None
+            cost.size_bytes = int(size) if size is not None else None
             cost.weights_bytes = d.get("weights_bytes")
 
         first_ts, last_ts = reader.time_span()

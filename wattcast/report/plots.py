@@ -53,9 +53,10 @@ def plot_predicted(reader: RunReader, data: ReportData, out: Path, name: str, la
     actual, predicted = reader.series(data.plot_house, data.models)
     fig = figure(name)
     axes = fig.subplots(len(data.models), 1, sharex=True, squeeze=False)[:, 0]
-    lo = hi = None
+    lo: float | None = None
+    hi: float = 0.0
     if last_minutes is not None and len(actual):
-        hi = actual[-1, 0]
+        hi = float(actual[-1, 0])
         lo = hi - last_minutes * 60
     span = f"last {last_minutes} minutes" if last_minutes else "whole replay"
     for ax, model in zip(axes, data.models, strict=True):

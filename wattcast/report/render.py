@@ -84,9 +84,10 @@ def verdict(data: ReportData) -> list[str]:
     scored = [r for r in data.aggregate if r.n and r.mse is not None]
     if not scored:
         return ["No model has a matched forecast yet: no comparison possible."]
+    mse = {r.model: float(r.mse or 0.0) for r in scored}  # every one is set (scored)
     where = f"pooled over {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}"
-    best = min(scored, key=lambda r: r.mse)
-    near = [r for r in scored if r.mse <= best.mse * (1 + NEAR_BEST)]
+    best = min(scored, key=lambda r: mse[r.model])
+    near = [r for r in scored if mse[r.model] <= mse[best.model] * (1 + NEAR_BEST)]
     cheap = min(near, key=lambda r: _cost_key(data, r.model))
 
     def cost_text(model: str) -> str:
@@ -97,7 +98,7 @@ def verdict(data: ReportData) -> list[str]:
             parts.append(f"{fmt(c.rss_kb, 'kb')} RSS")
         return ", ".join(parts)
 
-    lines = [f"Most accurate ({where}): **{best.model}**, MSE {best.mse:.4f} kW²"
+    lines = [f"Most accurate ({where}): **{best.model}**, MSE {mse[best.model]:.4f} kW²"
              + (f", skill {best.skill:+.3f} against persistence" if best.skill is not None and best.model != "persistence"
                 else "")
              + f"; {cost_text(best.model)}."]
@@ -106,8 +107,9 @@ def verdict(data: ReportData) -> list[str]:
         lines.append(f"It is also the cheapest model within {NEAR_BEST:.0%} of the best MSE"
                      + (f" (also within: {', '.join(others)})" if others else "") + ".")
     else:
-        lines.append(f"Cheapest model within {NEAR_BEST:.0%} of the best MSE: **{cheap.model}**, MSE {cheap.mse:.4f} kW² "
-                     f"({(cheap.mse / best.mse - 1):+.1%} against the best); {cost_text(cheap.model)}.")
+        lines.append(f"Cheapest model within {NEAR_BEST:.0%} of the best MSE: **{cheap.model}**, "
+                     f"MSE {mse[cheap.model]:.4f} kW² ({(mse[cheap.model] / mse[best.model] - 1):+.1%} against the "
+                     f"best); {cost_text(cheap.model)}.")
     winners = [r for r in scored if r.skill is not None and r.skill > 0]
     if winners:
         w = min(winners, key=lambda r: _cost_key(data, r.model))
