@@ -47,12 +47,17 @@ def main() -> int:
                 t0 = time.monotonic()
                 got = replay_with_a_broker_crash(Path(tmp), args.kill_at, recover=False, broker_conf=conf)
                 took = time.monotonic() - t0
-            lost_readings = sum(int(line.split(": ")[1].split()[0]) for line in got["missing"]
-                                if line.endswith("readings"))
-            row = {"setting": name, "trial": trial, "stored_at_kill": got["stored_at_kill"],
-                   "n": {m: got["scores"][m][0] for m in MODELS}, "missing": got["missing"],
-                   "lost_readings": lost_readings, "broker_cpu_s_at_kill": got["broker_cpu_s_at_kill"],
-                   "seconds": round(took, 1)}
+            lost_readings = sum(int(line.split(": ")[1].split()[0]) for line in got["missing"] if line.endswith("readings"))
+            row = {
+                "setting": name,
+                "trial": trial,
+                "stored_at_kill": got["stored_at_kill"],
+                "n": {m: got["scores"][m][0] for m in MODELS},
+                "missing": got["missing"],
+                "lost_readings": lost_readings,
+                "broker_cpu_s_at_kill": got["broker_cpu_s_at_kill"],
+                "seconds": round(took, 1),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}

@@ -23,19 +23,33 @@ from wattcast.node import EXIT_INCOMPLETE
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m collector", description="Match forecasts to readings and score them.")
-    p.add_argument("--store", default=env_default(ENV_STORE, "wattcast.db"),
-                   help=f"SQLite file (env {ENV_STORE}; default %(default)s)")
+    p.add_argument(
+        "--store", default=env_default(ENV_STORE, "wattcast.db"), help=f"SQLite file (env {ENV_STORE}; default %(default)s)"
+    )
     models = env_default(ENV_MODELS)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=models.split(",") if models else list(MODELS),
-                   help=f"models to score (env {ENV_MODELS}, comma-separated; default all)")
-    p.add_argument("--window", type=positive_int, default=60,
-                   help="rolling MSE window in minutes of event time (default 60)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=models.split(",") if models else list(MODELS),
+        help=f"models to score (env {ENV_MODELS}, comma-separated; default all)",
+    )
+    p.add_argument(
+        "--window", type=positive_int, default=60, help="rolling MSE window in minutes of event time (default 60)"
+    )
     p.add_argument("--metrics-every", type=positive_float, default=1.0, help="seconds between metrics publications")
-    p.add_argument("--drain", type=non_negative_float, default=30.0,
-                   help="seconds to wait at end of stream for missing final forecasts (default 30)")
-    p.add_argument("--exit-on-end", action="store_true",
-                   help="exit once the replays that sent anything since the start are scored: 0 if complete, "
-                        f"{EXIT_INCOMPLETE} if a reading or forecast is missing or conflicting")
+    p.add_argument(
+        "--drain",
+        type=non_negative_float,
+        default=30.0,
+        help="seconds to wait at end of stream for missing final forecasts (default 30)",
+    )
+    p.add_argument(
+        "--exit-on-end",
+        action="store_true",
+        help="exit once the replays that sent anything since the start are scored: 0 if complete, "
+        f"{EXIT_INCOMPLETE} if a reading or forecast is missing or conflicting",
+    )
     add_node_args(p, "collector")
     return p.parse_args(argv)
 
@@ -70,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     if args.exit_on_end and node.finished and node.failed:
         # scored, but not all there (a loss) or not all agreeing (a conflict): never a silent 0
-        print(f"collector: error: the scored run is incomplete or conflicting: {'; '.join(node.failed[:8])}"
-              + (" ..." if len(node.failed) > 8 else ""), file=sys.stderr)
+        print(
+            f"collector: error: the scored run is incomplete or conflicting: {'; '.join(node.failed[:8])}"
+            + (" ..." if len(node.failed) > 8 else ""),
+            file=sys.stderr,
+        )
         return EXIT_INCOMPLETE
     return 0
 

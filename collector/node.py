@@ -68,8 +68,7 @@ class RunState:
             return False
         if not set(self.board.actuals) <= set(self.ends):
             return False
-        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq
-                   for h in self.ends for m in models)
+        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq for h in self.ends for m in models)
 
 
 class CollectorNode:
@@ -82,8 +81,16 @@ class CollectorNode:
     replay instead of exiting at once.
     """
 
-    def __init__(self, bus: Bus, store: Store, models: tuple[str, ...] = MODELS, window_s: int = 3600,
-                 metrics_every: float = 1.0, drain_s: float = 30.0, node: str = "collector") -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        models: tuple[str, ...] = MODELS,
+        window_s: int = 3600,
+        metrics_every: float = 1.0,
+        drain_s: float = 30.0,
+        node: str = "collector",
+    ) -> None:
         self.bus = bus
         self.store = store
         self.models = tuple(model_name(m) for m in models)
@@ -150,8 +157,7 @@ class CollectorNode:
     @property
     def failed(self) -> list[str]:
         """Why the runs scored since the start cannot be trusted: what they lack, and conflicts."""
-        return self.missing + [f"run {run}: {n} conflicting messages (rejections)"
-                               for run, n in self.conflicts.items() if n]
+        return self.missing + [f"run {run}: {n} conflicting messages (rejections)" for run, n in self.conflicts.items() if n]
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, batch: list[Message]) -> None:
@@ -232,8 +238,9 @@ class CollectorNode:
                 # stored: tell a max-speed simulator how far the collector is, and a simulator
                 # that lost its broker where to send again from
                 st.complete_sent = complete
-                self.publish_progress(Progress(self.node, st.newest.house, st.newest.seq, complete,
-                                               len(st.board.reading_seqs), run=run))
+                self.publish_progress(
+                    Progress(self.node, st.newest.house, st.newest.seq, complete, len(st.board.reading_seqs), run=run)
+                )
             if run in advanced:
                 st.last_progress = moment
                 st.finished = False  # scored already: something new arrived late, score it again
@@ -246,8 +253,9 @@ class CollectorNode:
         c["conflicts"] += 1
         st.conflicts += 1
         if c["conflicts"] <= 10 or c["conflicts"] % 1000 == 0:
-            log.warning("collector: run %s: %s (topic %s; %d conflicts so far)", st.run, reason, message.topic,
-                        c["conflicts"])
+            log.warning(
+                "collector: run %s: %s (topic %s; %d conflicts so far)", st.run, reason, message.topic, c["conflicts"]
+            )
         self.store.add_rejection(message.topic, reason, message.payload, message.received_at, st.run)
 
     def publish_progress(self, progress: Progress) -> None:
@@ -274,8 +282,11 @@ class CollectorNode:
         True once every run that sent anything since the start is scored (:attr:`finished`).
         """
         now = time.monotonic()
-        if (self.progress is not None and self.progress_resends < PROGRESS_RESENDS
-                and now - self.progress_at >= PROGRESS_RESEND_S):
+        if (
+            self.progress is not None
+            and self.progress_resends < PROGRESS_RESENDS
+            and now - self.progress_at >= PROGRESS_RESEND_S
+        ):
             self.progress_resends += 1
             self.publish_progress(self.progress)
         if self.dirty and now >= self.next_metrics:
@@ -287,8 +298,11 @@ class CollectorNode:
                 continue
             if st.ended(self.models) or now - st.last_progress > self.drain_s:
                 if not st.ended(self.models):
-                    log.warning("collector: run %s: end of stream without every final forecast after %.0f s; "
-                                "finalizing", st.run, self.drain_s)
+                    log.warning(
+                        "collector: run %s: end of stream without every final forecast after %.0f s; finalizing",
+                        st.run,
+                        self.drain_s,
+                    )
                 self.finalize(st)
         return self.finished
 
@@ -320,5 +334,13 @@ class CollectorNode:
         st.finished = True
         self.scored[st.run], self.conflicts[st.run] = list(st.missing), st.conflicts
         for m in final:
-            log.info("collector: %s %-15s n=%d mse=%.4f unmatched=%d pending=%d (run %s)", m.house, m.model, m.n,
-                     m.mse, m.unmatched, m.pending, st.run)
+            log.info(
+                "collector: %s %-15s n=%d mse=%.4f unmatched=%d pending=%d (run %s)",
+                m.house,
+                m.model,
+                m.n,
+                m.mse,
+                m.unmatched,
+                m.pending,
+                st.run,
+            )

@@ -24,16 +24,24 @@ from wattcast.contract import ALL_ENDS, MODELS, house_filter
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m predictor", description="Forecast GAP 5 minutes ahead after every reading.")
-    p.add_argument("--model", choices=MODELS, default=env_default(ENV_MODEL), required=env_default(ENV_MODEL) is None,
-                   help=f"the model to run (env {ENV_MODEL})")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=env_default(ENV_MODEL),
+        required=env_default(ENV_MODEL) is None,
+        help=f"the model to run (env {ENV_MODEL})",
+    )
     p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
     p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
 
     p.add_argument("--max-batch", type=positive_int, default=512, help="most readings predicted in one call")
-    p.add_argument("--state-dir", default=env_default(ENV_STATE_DIR),
-                   help="keep every house's state in <dir>/<node>.json, so that a restarted predictor goes on "
-                        f"exactly where it stopped (env {ENV_STATE_DIR}; default: in memory only)")
+    p.add_argument(
+        "--state-dir",
+        default=env_default(ENV_STATE_DIR),
+        help="keep every house's state in <dir>/<node>.json, so that a restarted predictor goes on "
+        f"exactly where it stopped (env {ENV_STATE_DIR}; default: in memory only)",
+    )
     add_node_args(p, None)  # the node id defaults to predictor-<model>
     return p.parse_args(argv)
 
@@ -61,13 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         bus.close()
         print(f"predictor: error: cannot write its state to {state_path}: {exc}", file=sys.stderr)
         return 1
-    bus.subscribe(*house_filter(args.houses, "reading"), *([ALL_ENDS] if not args.houses else
-                                                             house_filter(args.houses, "end")))
+    bus.subscribe(
+        *house_filter(args.houses, "reading"), *([ALL_ENDS] if not args.houses else house_filter(args.houses, "end"))
+    )
     logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
     try:
-        serve(bus, node, "predictor", predictor.stats, predictor.handle, stop, max_batch=args.max_batch,
-              tick=predictor.tick, checkpoint=predictor.checkpoint if state_path is not None else None,
-              model=model.name)
+        serve(
+            bus,
+            node,
+            "predictor",
+            predictor.stats,
+            predictor.handle,
+            stop,
+            max_batch=args.max_batch,
+            tick=predictor.tick,
+            checkpoint=predictor.checkpoint if state_path is not None else None,
+            model=model.name,
+        )
     finally:
         bus.close()
     return 0

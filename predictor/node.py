@@ -65,8 +65,14 @@ MAX_RUNS = 4
 
 
 class PredictorNode:
-    def __init__(self, bus: Bus, model: Model, node: str | None = None, state_path: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        model: Model,
+        node: str | None = None,
+        state_path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bus = bus
         self.clock = clock
         #: per stream, readings after a hole (seq -> reading) and since when they wait
@@ -99,8 +105,10 @@ class PredictorNode:
             "model": self.model.name,
             "model_version": self.model.version,
             "saved_at": time.time(),
-            "streams": [{"run": run, "house": house, "last_seq": self.last_seq[(run, house)], "state": f.state()}
-                        for (run, house), f in self.houses.items()],
+            "streams": [
+                {"run": run, "house": house, "last_seq": self.last_seq[(run, house)], "state": f.state()}
+                for (run, house), f in self.houses.items()
+            ],
             # readings after a hole, acknowledged to the broker but not learnt yet (each names its stream)
             "held": [r.to_dict() for held in self.held.values() for r in held.values()],
         }
@@ -126,15 +134,16 @@ class PredictorNode:
             self.held[key] = {r.seq: r for r in readings}
             self.held_since[key] = self.clock()
         self.stats.counters["restored_houses"] = len(houses)
-        log.info("%s: restored %d house(s) of %d run(s) from %s", self.node, len(houses), len(self.runs),
-                 self.state_path)
+        log.info("%s: restored %d house(s) of %d run(s) from %s", self.node, len(houses), len(self.runs), self.state_path)
 
     def _restored(self, doc: Any) -> dict[Stream, tuple[int, Forecaster]]:
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise ValueError(f"not a wattcast predictor state of format {STATE_FORMAT}")
         if (doc.get("model"), doc.get("model_version")) != (self.model.name, self.model.version):
-            raise ValueError(f"saved by model {doc.get('model')} {doc.get('model_version')}, "
-                             f"this node runs {self.model.name} {self.model.version}")
+            raise ValueError(
+                f"saved by model {doc.get('model')} {doc.get('model_version')}, "
+                f"this node runs {self.model.name} {self.model.version}"
+            )
         houses = {}
         for entry in doc["streams"]:
             key = (check_run(entry["run"]), entry["house"])
@@ -268,11 +277,26 @@ class PredictorNode:
             if not READING_MIN <= value <= READING_MAX:  # NaN fails too: a model that diverged for one house
                 c["bad_forecasts"] += 1
                 if c["bad_forecasts"] <= 10 or c["bad_forecasts"] % 1000 == 0:
-                    log.warning("%s: no forecast for house %s seq %d (%d so far): the model gave %r kW",
-                                self.node, reading.house, reading.seq, c["bad_forecasts"], value)
+                    log.warning(
+                        "%s: no forecast for house %s seq %d (%d so far): the model gave %r kW",
+                        self.node,
+                        reading.house,
+                        reading.seq,
+                        c["bad_forecasts"],
+                        value,
+                    )
                 continue
-            forecast = Forecast(reading.house, self.model_name, self.model.version, reading.seq, reading.ts,
-                                reading.ts + horizon, value, reading.sent_at, run=reading.run)
+            forecast = Forecast(
+                reading.house,
+                self.model_name,
+                self.model.version,
+                reading.seq,
+                reading.ts,
+                reading.ts + horizon,
+                value,
+                reading.sent_at,
+                run=reading.run,
+            )
             payload = forecast.to_json()
             self.bus.publish(forecast.topic, payload, qos=1)
             sent = self.sent.setdefault((reading.run, reading.house), {})

@@ -29,41 +29,80 @@ from wattcast.contract import MODELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = Parser(prog="python -m simulator",
-                                description="Publish the validation split as per-minute readings.")
+    p = Parser(prog="python -m simulator", description="Publish the validation split as per-minute readings.")
     add_data_args(p)
-    p.add_argument("--speed", type=parse_speed, default=env_default(ENV_SPEED, "max"),
-                   help=f"1 = real time, N = N times faster, max = as fast as flow control allows (env {ENV_SPEED})")
-    p.add_argument("--houses", type=positive_int, default=env_default(ENV_HOUSES, "1"),
-                   help=f"number of meters replayed at once (env {ENV_HOUSES}; default %(default)s)")
+    p.add_argument(
+        "--speed",
+        type=parse_speed,
+        default=env_default(ENV_SPEED, "max"),
+        help=f"1 = real time, N = N times faster, max = as fast as flow control allows (env {ENV_SPEED})",
+    )
+    p.add_argument(
+        "--houses",
+        type=positive_int,
+        default=env_default(ENV_HOUSES, "1"),
+        help=f"number of meters replayed at once (env {ENV_HOUSES}; default %(default)s)",
+    )
     p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
-    p.add_argument("--qos", type=int, choices=(0, 1), default=1,
-                   help="MQTT QoS of the readings: 1 = at least once (default), 0 = at most once")
+    p.add_argument(
+        "--qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="MQTT QoS of the readings: 1 = at least once (default), 0 = at most once",
+    )
     awaited = env_default(ENV_MODELS)
-    p.add_argument("--await-models", nargs="*", choices=MODELS, metavar="MODEL",
-                   default=awaited.split(",") if awaited else [],
-                   help="at max speed, keep at most --window readings ahead of these models' forecasts "
-                        f"(env {ENV_MODELS}, comma-separated; default: none)")
+    p.add_argument(
+        "--await-models",
+        nargs="*",
+        choices=MODELS,
+        metavar="MODEL",
+        default=awaited.split(",") if awaited else [],
+        help="at max speed, keep at most --window readings ahead of these models' forecasts "
+        f"(env {ENV_MODELS}, comma-separated; default: none)",
+    )
     paced_by = env_default(ENV_AWAIT_NODES)
-    p.add_argument("--await-nodes", nargs="*", metavar="NODE", default=paced_by.split(",") if paced_by else [],
-                   help="at max speed, also keep at most --window readings ahead of these nodes' progress "
-                        f"(the collector publishes it; env {ENV_AWAIT_NODES}, comma-separated; default: none)")
+    p.add_argument(
+        "--await-nodes",
+        nargs="*",
+        metavar="NODE",
+        default=paced_by.split(",") if paced_by else [],
+        help="at max speed, also keep at most --window readings ahead of these nodes' progress "
+        f"(the collector publishes it; env {ENV_AWAIT_NODES}, comma-separated; default: none)",
+    )
     waits = env_default(ENV_WAIT_FOR)
-    p.add_argument("--wait-for", nargs="*", metavar="NODE", default=waits.split(",") if waits else [],
-                   help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
-                        f"(env {ENV_WAIT_FOR}, comma-separated)")
-    p.add_argument("--recover-from", metavar="NODE", default=env_default(ENV_RECOVER_FROM),
-                   help="after losing the broker, send again what this node (the collector) does not hold "
-                        "completely, once it and the --wait-for nodes are back; and end only when it holds "
-                        f"everything (env {ENV_RECOVER_FROM}; default: off)")
-    p.add_argument("--run", type=run_id, default=env_default(ENV_RUN),
-                   help="the id of this replay, on every message it causes; nodes that are still running "
-                        f"score a new run apart (env {ENV_RUN}; default: a new one, UTC start time + random)")
+    p.add_argument(
+        "--wait-for",
+        nargs="*",
+        metavar="NODE",
+        default=waits.split(",") if waits else [],
+        help="wait until these nodes (e.g. collector predictor-lstm) report online before replaying "
+        f"(env {ENV_WAIT_FOR}, comma-separated)",
+    )
+    p.add_argument(
+        "--recover-from",
+        metavar="NODE",
+        default=env_default(ENV_RECOVER_FROM),
+        help="after losing the broker, send again what this node (the collector) does not hold "
+        "completely, once it and the --wait-for nodes are back; and end only when it holds "
+        f"everything (env {ENV_RECOVER_FROM}; default: off)",
+    )
+    p.add_argument(
+        "--run",
+        type=run_id,
+        default=env_default(ENV_RUN),
+        help="the id of this replay, on every message it causes; nodes that are still running "
+        f"score a new run apart (env {ENV_RUN}; default: a new one, UTC start time + random)",
+    )
     p.add_argument("--wait-timeout", type=positive_float, default=300.0, help="seconds to wait for them (default 300)")
-    p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
-                   help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
-                        "slowest model; smaller = lower forecast latency, larger = faster replay "
-                        f"(default {DEFAULT_WINDOW})")
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        default=DEFAULT_WINDOW,
+        help="at --speed max: readings in flight (all houses, at least a minute of each) ahead of the "
+        "slowest model; smaller = lower forecast latency, larger = faster replay "
+        f"(default {DEFAULT_WINDOW})",
+    )
     add_node_args(p, "simulator")
     return p.parse_args(argv)
 
@@ -100,11 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulator: waiting for {', '.join(args.wait_for)}", file=sys.stderr, flush=True)
             wait_for_nodes(bus, args.wait_for, args.wait_timeout)
         at_max = args.speed is None
-        sim = Simulator(bus, streams, args.speed, qos=args.qos, window=args.window,
-                        await_models=tuple(args.await_models) if at_max else (),
-                        await_nodes=tuple(args.await_nodes) if at_max else (),
-                        recover_from=args.recover_from, recover_nodes=tuple(args.wait_for),
-                        recover_wait_s=args.wait_timeout, run=args.run)
+        sim = Simulator(
+            bus,
+            streams,
+            args.speed,
+            qos=args.qos,
+            window=args.window,
+            await_models=tuple(args.await_models) if at_max else (),
+            await_nodes=tuple(args.await_nodes) if at_max else (),
+            recover_from=args.recover_from,
+            recover_nodes=tuple(args.wait_for),
+            recover_wait_s=args.wait_timeout,
+            run=args.run,
+        )
         print(f"simulator: run {sim.run_id}", file=sys.stderr, flush=True)
         sim.run(stop.is_set)
         stats.counters["published"] = sim.published

@@ -102,8 +102,10 @@ def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> l
     ts = val["ts"].to_numpy(np.int64)
     values = val[list(READING_FIELDS)].to_numpy(np.float64)
     length = n if limit is None else min(n, limit)
-    return [HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
-            for k, house in enumerate(house_ids(houses))]
+    return [
+        HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
+        for k, house in enumerate(house_ids(houses))
+    ]
 
 
 def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
@@ -126,11 +128,22 @@ def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
 
 
 class Simulator:
-    def __init__(self, bus: Bus, streams: list[HouseStream], speed: float | None = None,
-                 progress: Callable[[str], None] | None = None, qos: int = 1,
-                 await_models: tuple[str, ...] = (), window: int = DEFAULT_WINDOW, stall_s: float = 10.0,
-                 await_nodes: tuple[str, ...] = (), recover_from: str | None = None,
-                 recover_nodes: tuple[str, ...] = (), recover_wait_s: float = 300.0, run: str | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        streams: list[HouseStream],
+        speed: float | None = None,
+        progress: Callable[[str], None] | None = None,
+        qos: int = 1,
+        await_models: tuple[str, ...] = (),
+        window: int = DEFAULT_WINDOW,
+        stall_s: float = 10.0,
+        await_nodes: tuple[str, ...] = (),
+        recover_from: str | None = None,
+        recover_nodes: tuple[str, ...] = (),
+        recover_wait_s: float = 300.0,
+        run: str | None = None,
+    ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or 'max', got {speed}")
         if window < 1:
@@ -148,8 +161,7 @@ class Simulator:
         self.malformed = 0
         # QoS 0: a lost flow-control message only delays the replay until the next one.
         if self.await_models:
-            bus.subscribe(*(forecast_topic(s.house, m) for s in pacing_streams(streams) for m in self.await_models),
-                          qos=0)
+            bus.subscribe(*(forecast_topic(s.house, m) for s in pacing_streams(streams) for m in self.await_models), qos=0)
         if self.await_nodes:
             bus.subscribe(*(progress_topic(n) for n in sorted(self.await_nodes)), qos=0)
         #: Recovery from a broker that lost what it had acknowledged (see :meth:`_rewind`): the
@@ -209,8 +221,20 @@ class Simulator:
                         if i >= len(s):
                             continue
                         gap, grp, volt, amps, sub1, sub2, sub3 = s.values_at(i)
-                        reading = Reading(s.house, i, s.ts_at(i), gap, grp, volt, amps, sub1, sub2, sub3,
-                                          sent_at=time.time(), run=self.run_id)
+                        reading = Reading(
+                            s.house,
+                            i,
+                            s.ts_at(i),
+                            gap,
+                            grp,
+                            volt,
+                            amps,
+                            sub1,
+                            sub2,
+                            sub3,
+                            sent_at=time.time(),
+                            run=self.run_id,
+                        )
                         self.bus.publish(reading.topic, reading.to_json(), qos=self.qos)
                         if i > sent_up_to:
                             self.published += 1
@@ -221,9 +245,11 @@ class Simulator:
                 now = time.monotonic()
                 if now >= next_report:
                     rate = self.published / (now - start)
-                    self.progress(f"simulator: {self.published}/{total} readings "
-                                  f"({100 * self.published / total:.0f} %), {rate:,.0f}/s, {len(self.streams)} house(s)"
-                                  + (f", {self.resent} sent again" if self.resent else ""))
+                    self.progress(
+                        f"simulator: {self.published}/{total} readings "
+                        f"({100 * self.published / total:.0f} %), {rate:,.0f}/s, {len(self.streams)} house(s)"
+                        + (f", {self.resent} sent again" if self.resent else "")
+                    )
                     next_report = now + 2.0
             if stop():
                 break
@@ -239,9 +265,11 @@ class Simulator:
             i, self.seen_reconnects = rewind, self._reconnects()
         self.bus.flush(timeout=60)
         elapsed = time.monotonic() - start
-        self.progress(f"simulator: published {self.published} readings in {elapsed:.2f} s "
-                      f"({self.published / max(elapsed, 1e-9):,.0f}/s)"
-                      + (f"; {self.resent} sent again after losing the broker" if self.resent else ""))
+        self.progress(
+            f"simulator: published {self.published} readings in {elapsed:.2f} s "
+            f"({self.published / max(elapsed, 1e-9):,.0f}/s)"
+            + (f"; {self.resent} sent again after losing the broker" if self.resent else "")
+        )
         return self.published
 
     def _reconnects(self) -> int:
@@ -271,8 +299,10 @@ class Simulator:
         reconnects, live = self._reconnects(), set[str]()
         while not self.recover_nodes <= live and not stop():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nodes not back after losing the broker ({self.recover_wait_s:.0f} s): "
-                                   f"{', '.join(sorted(self.recover_nodes - live))}")
+                raise TimeoutError(
+                    f"nodes not back after losing the broker ({self.recover_wait_s:.0f} s): "
+                    f"{', '.join(sorted(self.recover_nodes - live))}"
+                )
             if self._reconnects() != reconnects:
                 reconnects, live = self._reconnects(), set[str]()
             try:
@@ -304,8 +334,12 @@ class Simulator:
             if self.complete != seen:
                 moved, seen = time.monotonic(), self.complete
             elif time.monotonic() - moved > 3 * self.stall_s:
-                log.warning("simulator: %s holds everything only up to minute %d of %d; not waiting longer",
-                            self.recover_from, self.complete, last)
+                log.warning(
+                    "simulator: %s holds everything only up to minute %d of %d; not waiting longer",
+                    self.recover_from,
+                    self.complete,
+                    last,
+                )
                 return None
             try:
                 self._note(self.bus.inbox.get(timeout=0.05))
@@ -341,8 +375,11 @@ class Simulator:
                 return
             # only progress counts: a dead predictor's peers keep sending their statuses
             if time.monotonic() - last_progress > self.stall_s:
-                log.warning("no progress from %s for %.0f s; no longer waiting for them",
-                            ", ".join(sorted(models) + sorted(nodes)), self.stall_s)
+                log.warning(
+                    "no progress from %s for %.0f s; no longer waiting for them",
+                    ", ".join(sorted(models) + sorted(nodes)),
+                    self.stall_s,
+                )
                 self.await_models -= set(models)
                 self.await_nodes -= set(nodes)
                 continue

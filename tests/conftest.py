@@ -94,8 +94,7 @@ def mqtt_bus(request):
     counter = itertools.count()
     run = uuid.uuid4().hex[:6]
 
-    def make(client_id: str | None = None, *, on: PrivateBroker | None = None, connect: bool = True,
-             **kwargs) -> MqttBus:
+    def make(client_id: str | None = None, *, on: PrivateBroker | None = None, connect: bool = True, **kwargs) -> MqttBus:
         target = on if on is not None else request.getfixturevalue("broker")
         cid = client_id or f"test-{os.getpid()}-{run}-{next(counter)}"
         bus = MqttBus(BrokerConfig.from_url(target.url), cid, **kwargs)

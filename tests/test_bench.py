@@ -16,9 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_writes_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "wattcast", "bench", "--scenarios", "houses", "--houses", "2", "--minutes", "60",
-         "--models", "persistence", "linear", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "bench",
+            "--scenarios",
+            "houses",
+            "--houses",
+            "2",
+            "--minutes",
+            "60",
+            "--models",
+            "persistence",
+            "linear",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(out.read_text())["scenarios"]["houses"]

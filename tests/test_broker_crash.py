@@ -49,8 +49,9 @@ def offline() -> dict[str, tuple[int, float]]:
 
 def _spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
-    return subprocess.Popen([sys.executable, "-m", module, *args, "--log-level", "INFO"], stdout=log.open("a"),
-                            stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args, "--log-level", "INFO"], stdout=log.open("a"), stderr=subprocess.STDOUT, env=env
+    )
 
 
 def _stored(db: Path) -> int:
@@ -68,8 +69,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = True,
-                               collector_down: bool = False, broker_conf: str = "") -> dict:
+def replay_with_a_broker_crash(
+    tmp_path: Path, kill_at: int, recover: bool = True, collector_down: bool = False, broker_conf: str = ""
+) -> dict:
     """A full replay whose broker is SIGKILLed once the collector holds ``kill_at`` readings.
 
     ``collector_down``: first kill the collector too (SIGKILL) and wait until the broker has
@@ -82,13 +84,47 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
     procs: list[subprocess.Popen] = []
     try:
         url = broker.url
-        procs.append(_spawn("collector", "--broker", url, "--store", str(db), "--models", *MODELS, "--exit-on-end",
-                            "--drain", "60", log=tmp_path / "collector.log"))
+        procs.append(
+            _spawn(
+                "collector",
+                "--broker",
+                url,
+                "--store",
+                str(db),
+                "--models",
+                *MODELS,
+                "--exit-on-end",
+                "--drain",
+                "60",
+                log=tmp_path / "collector.log",
+            )
+        )
         for m in MODELS:
-            procs.append(_spawn("predictor", "--broker", url, "--model", m, "--state-dir", str(tmp_path / "state"),
-                                log=tmp_path / f"{m}.log"))
-        sim_args = ["--broker", url, "--speed", "max", "--await-models", *MODELS, "--await-nodes", "collector",
-                    "--wait-for", *NODES, *(["--recover-from", "collector"] if recover else [])]
+            procs.append(
+                _spawn(
+                    "predictor",
+                    "--broker",
+                    url,
+                    "--model",
+                    m,
+                    "--state-dir",
+                    str(tmp_path / "state"),
+                    log=tmp_path / f"{m}.log",
+                )
+            )
+        sim_args = [
+            "--broker",
+            url,
+            "--speed",
+            "max",
+            "--await-models",
+            *MODELS,
+            "--await-nodes",
+            "collector",
+            "--wait-for",
+            *NODES,
+            *(["--recover-from", "collector"] if recover else []),
+        ]
         sim = _spawn("simulator", *sim_args, log=tmp_path / "simulator.log")
         procs.append(sim)
         deadline = time.monotonic() + 300
@@ -116,8 +152,19 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
         broker.kill()
         broker.start()  # same port, same persistence folder
         if collector_down:
-            procs[0] = _spawn("collector", "--broker", url, "--store", str(db), "--models", *MODELS, "--exit-on-end",
-                              "--drain", "60", log=tmp_path / "collector.log")
+            procs[0] = _spawn(
+                "collector",
+                "--broker",
+                url,
+                "--store",
+                str(db),
+                "--models",
+                *MODELS,
+                "--exit-on-end",
+                "--drain",
+                "60",
+                log=tmp_path / "collector.log",
+            )
         collector_rc = procs[0].wait(timeout=300)  # 0: complete, EXIT_INCOMPLETE: a loss it names
         assert collector_rc in (0, EXIT_INCOMPLETE), (tmp_path / "collector.log").read_text()[-3000:]
         assert sim.wait(timeout=120) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
@@ -139,9 +186,15 @@ def replay_with_a_broker_crash(tmp_path: Path, kill_at: int, recover: bool = Tru
         stats = json.loads(con.execute("SELECT value FROM meta WHERE key = 'collector_stats'").fetchone()[0])
     missing = stats.get("missing", [])
     assert (collector_rc == EXIT_INCOMPLETE) == bool(missing), (collector_rc, missing)
-    return {"scores": scores, "missing": missing, "stored_at_kill": stored, "collector_rc": collector_rc,
-            "broker_cpu_s_at_kill": broker_cpu_s, "kill_to_end_s": round(t_end - t_kill, 2),
-            "simulator_log": (tmp_path / "simulator.log").read_text()}
+    return {
+        "scores": scores,
+        "missing": missing,
+        "stored_at_kill": stored,
+        "collector_rc": collector_rc,
+        "broker_cpu_s_at_kill": broker_cpu_s,
+        "kill_to_end_s": round(t_end - t_kill, 2),
+        "simulator_log": (tmp_path / "simulator.log").read_text(),
+    }
 
 
 @pytest.mark.parametrize("kill_at", [300, 2000, 3900])

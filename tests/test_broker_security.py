@@ -54,6 +54,7 @@ T0 = 1196680920
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def passwords() -> dict[str, str]:
     return ensure_passwords(users=RUN_USERS)[0]
@@ -68,16 +69,21 @@ def secure_broker(broker_factory, tmp_path, passwords) -> PrivateBroker:
     (the last setting wins).  ``bound_broker`` is the deployment's config as it is.
     """
     auth = prepare_auth_dir(tmp_path / "auth", passwords)
-    return broker_factory(common=False, anonymous=False,
-                          extra_conf=deployment_conf(auth) + "use_username_as_clientid false\n", prefer="mosquitto")
+    return broker_factory(
+        common=False,
+        anonymous=False,
+        extra_conf=deployment_conf(auth) + "use_username_as_clientid false\n",
+        prefer="mosquitto",
+    )
 
 
 @pytest.fixture
 def bound_broker(broker_factory, tmp_path, passwords) -> PrivateBroker:
     """The deployment's config exactly: a client id is tied to its user."""
     auth = prepare_auth_dir(tmp_path / "auth-bound", passwords)
-    return broker_factory(common=False, anonymous=False, extra_conf=deployment_conf(auth), prefer="mosquitto",
-                          workdir=tmp_path / "bound")
+    return broker_factory(
+        common=False, anonymous=False, extra_conf=deployment_conf(auth), prefer="mosquitto", workdir=tmp_path / "bound"
+    )
 
 
 @pytest.fixture
@@ -85,8 +91,9 @@ def login(secure_broker, passwords):
     """``login(user, password=None, **MqttBus kwargs)`` -> a connected MqttBus; closed at teardown."""
     buses: list[MqttBus] = []
 
-    def make(user: str | None, password: str | None = None, *, client_id: str | None = None, session: bool = False,
-             **kwargs) -> MqttBus:
+    def make(
+        user: str | None, password: str | None = None, *, client_id: str | None = None, session: bool = False, **kwargs
+    ) -> MqttBus:
         pw = password if password is not None else passwords.get(user or "", None)
         cfg = BrokerConfig(secure_broker.host, secure_broker.port, user, pw)
         bus = MqttBus(cfg, client_id or f"test-{user}-{len(buses)}-{os.getpid()}", session=session, **kwargs)
@@ -119,8 +126,14 @@ class Spy:
     The sentinel is published by ``sender`` on ``sentinel`` (both must be allowed by the ACL).
     """
 
-    def __init__(self, login, user: str, filters: list[str], sender: str = "collector",
-                 sentinel: str = metrics_topic("sentinel", "lstm")) -> None:
+    def __init__(
+        self,
+        login,
+        user: str,
+        filters: list[str],
+        sender: str = "collector",
+        sentinel: str = metrics_topic("sentinel", "lstm"),
+    ) -> None:
         self.bus = login(user)
         self.sentinel = sentinel
         extra = [] if any(topic_matches(f, sentinel) for f in filters) else [sentinel]
@@ -165,18 +178,22 @@ def publish_as(login, user: str, topic: str, payload: bytes = b"{}") -> None:
 
 # --------------------------------------------------------------------- authentication
 
+
 @pytest.mark.parametrize("user", sorted(RUN_USERS))
 def test_every_user_logs_in_with_its_password(login, user):
     assert login(user)
 
 
-@pytest.mark.parametrize("user,password,why", [
-    ("simulator", "wrong-password", "wrong password"),
-    ("viewer", None, "another user's password"),
-    ("nobody", "x", "unknown user"),
-    (None, None, "anonymous"),
-    ("healthcheck", "x", "the broker's healthcheck user, wrong password"),
-])
+@pytest.mark.parametrize(
+    "user,password,why",
+    [
+        ("simulator", "wrong-password", "wrong password"),
+        ("viewer", None, "another user's password"),
+        ("nobody", "x", "unknown user"),
+        (None, None, "anonymous"),
+        ("healthcheck", "x", "the broker's healthcheck user, wrong password"),
+    ],
+)
 def test_bad_credentials_are_refused(login, passwords, user, password, why):
     if why == "another user's password":
         password = passwords["collector"]
@@ -230,8 +247,10 @@ ALLOWED_PUBLISH = [
     ("simulator", reading_topic(H), reading().to_json()),
     ("simulator", "wattcast/v1/h000/end", b'{"house":"h000","readings":1,"last_seq":0,"last_ts":1196680920}'),
     ("simulator", "wattcast/v1/status/simulator", b"{}"),
-    *[(f"predictor-{m}", forecast_topic(H, m), forecast(m).to_json()) for m in ("lstm", "lstm-augmented", "linear",
-                                                                               "persistence")],
+    *[
+        (f"predictor-{m}", forecast_topic(H, m), forecast(m).to_json())
+        for m in ("lstm", "lstm-augmented", "linear", "persistence")
+    ],
     *[(f"predictor-{m}", f"wattcast/v1/status/predictor-{m}", b"{}") for m in ("lstm", "linear")],
     ("collector", metrics_topic(H, "lstm"), metrics().to_json()),
     ("collector", "wattcast/v1/status/collector", b"{}"),
@@ -249,6 +268,7 @@ def test_publishing_inside_a_role_reaches_subscribers(login):
 
 # ------------------------------------------------------------------------------- ACL: read
 
+
 def publish_one_of_each(login) -> list[str]:
     sent = [
         ("simulator", reading_topic(H), reading().to_json()),
@@ -263,14 +283,17 @@ def publish_one_of_each(login) -> list[str]:
     return [t for _, t, _ in sent]
 
 
-@pytest.mark.parametrize("user,readable", [
-    ("viewer", {"forecast", "metrics", "status"}),
-    ("runner", {"metrics", "status", "progress"}),
-    ("predictor-lstm", {"reading", "end"}),
-    ("predictor-persistence", {"reading", "end"}),
-    ("simulator", {"forecast", "status", "progress"}),
-    ("collector", {"reading", "end", "forecast", "metrics", "status", "progress"}),
-])
+@pytest.mark.parametrize(
+    "user,readable",
+    [
+        ("viewer", {"forecast", "metrics", "status"}),
+        ("runner", {"metrics", "status", "progress"}),
+        ("predictor-lstm", {"reading", "end"}),
+        ("predictor-persistence", {"reading", "end"}),
+        ("simulator", {"forecast", "status", "progress"}),
+        ("collector", {"reading", "end", "forecast", "metrics", "status", "progress"}),
+    ],
+)
 def test_a_subscription_delivers_only_what_the_role_may_read(login, user, readable):
     # Everything is subscribed ("#"); the ACL decides per message.  The sentinel is
     # a message the user may read, from a user who may publish it.
@@ -324,8 +347,13 @@ time.sleep(60)
 
 
 def start_node(broker: PrivateBroker, user: str, password: str, node: str, client_id: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, broker.host, str(broker.port), user, password, node,
-                             client_id], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", NODE_SCRIPT, broker.host, str(broker.port), user, password, node, client_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def test_each_node_leaves_its_last_will_and_no_other(login, secure_broker, passwords):
@@ -401,6 +429,7 @@ def test_a_user_cannot_take_a_nodes_client_id(bound_broker, passwords):
 
 # ------------------------------------------------------------------------- credentials.py
 
+
 def test_hash_is_mosquitto_passwds_format(tmp_path):
     h = hash_password("s3cret")
     assert h.startswith("$7$101$") and verify_password("s3cret", h) and not verify_password("other", h)
@@ -458,6 +487,7 @@ def test_env_to_stdout_and_missing_passwords(capsys, monkeypatch):
 
 # ------------------------------------------------------------- the compose init step
 
+
 @pytest.fixture
 def init_script():
     if shutil.which("mosquitto_passwd") is None or shutil.which("sh") is None:
@@ -504,15 +534,21 @@ def test_init_step_makes_what_the_broker_reads(init_script, tmp_path, passwords,
 
 # ------------------------------------------------------------ the documented paho example
 
+
 def test_the_documented_paho_example_follows_forecasts_as_viewer(login, secure_broker, passwords, tmp_path):
     code = re.search(r"```python\n(.*?)```", (REPO / "docs" / "contract.md").read_text(), re.S).group(1)
     assert len(code.strip().splitlines()) <= 25
     script = tmp_path / "follow.py"
     script.write_text(code)
-    env = {**os.environ, "WATTCAST_PASSWORD_VIEWER": passwords["viewer"], "MQTT_HOST": secure_broker.host,
-           "MQTT_PORT": str(secure_broker.port)}
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {
+        **os.environ,
+        "WATTCAST_PASSWORD_VIEWER": passwords["viewer"],
+        "MQTT_HOST": secure_broker.host,
+        "MQTT_PORT": str(secure_broker.port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:

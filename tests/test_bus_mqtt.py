@@ -23,6 +23,7 @@ PROBE = b"__probe__"
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def needs_mosquitto(broker: PrivateBroker) -> None:
     if broker.kind != "mosquitto":
         pytest.skip(f"needs mosquitto (persistence, repo settings); running {broker.kind}")
@@ -81,6 +82,7 @@ def publish_seqs(bus: MqttBus, topic: str, seqs) -> None:
 
 # ------------------------------------------------------------------------- round trip
 
+
 def test_round_trip_reading_and_retained_status(mqtt_bus):
     sub = mqtt_bus()
     pub = mqtt_bus()
@@ -122,6 +124,7 @@ def test_amqtt_fallback_round_trip(broker_factory, mqtt_bus):
 
 
 # ------------------------------------------------------------- sessions and restarts
+
 
 def test_persistent_session_gets_messages_published_while_away(mqtt_bus):
     sub = mqtt_bus("collector-1")
@@ -229,8 +232,7 @@ def _flood(broker: PrivateBroker, topic: str, settle: float) -> tuple[set[int], 
         count[0] += 1
         received.add(int(msg.payload))
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow-sub", clean_session=False,
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow-sub", clean_session=False, protocol=mqtt.MQTTv311)
     client.on_message = on_message
     client.on_subscribe = lambda *a: subscribed.set()
     client.connect(broker.host, broker.port, keepalive=60)
@@ -259,8 +261,10 @@ def _flood(broker: PrivateBroker, topic: str, settle: float) -> tuple[set[int], 
         pub.close()
         client.disconnect()
         client.loop_stop()
-    print(f"{broker.kind} common={broker.common}: {len(received)} of {N_FLOOD} distinct, "
-          f"{count[0]} deliveries, published in {times['publish_s']:.1f} s, total {times['total_s']:.1f} s")
+    print(
+        f"{broker.kind} common={broker.common}: {len(received)} of {N_FLOOD} distinct, "
+        f"{count[0]} deliveries, published in {times['publish_s']:.1f} s, total {times['total_s']:.1f} s"
+    )
     return received, count[0], times
 
 
@@ -281,6 +285,7 @@ def test_mosquitto_defaults_drop_messages_for_slow_subscriber(broker_factory):
 
 
 # --------------------------------------------------------------------------- failures
+
 
 def test_connect_to_closed_port_raises_connection_error():
     url = f"mqtt://127.0.0.1:{free_port()}"
@@ -385,8 +390,9 @@ def test_flow_control_inside_a_batch_does_not_stall(broker, mqtt_bus):
     assert time.monotonic() - started < 1.0
 
 
-def final_payloads_of_nodes_closed_under_a_flood(mqtt_bus, *, nodes: int, session: bool, flooders: int,
-                                                 pause: float) -> dict[str, bytes]:
+def final_payloads_of_nodes_closed_under_a_flood(
+    mqtt_bus, *, nodes: int, session: bool, flooders: int, pause: float
+) -> dict[str, bytes]:
     """Connect ``nodes`` nodes with a last will one after the other; each subscribes to a flood of
     QoS 0 messages, publishes a retained "final" on its will's topic and closes while the flood goes
     on (as at a replay's end).  Returns the newest retained payload per will topic."""

@@ -15,8 +15,14 @@ def _pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_a_skip_fails_under_ci_and_only_there(tmp_path):
@@ -24,7 +30,8 @@ def test_a_skip_fails_under_ci_and_only_there(tmp_path):
     (tmp_path / "test_skipping.py").write_text(
         "import pytest\n\n"
         "def test_needs_something():\n    pytest.skip('mosquitto is not installed')\n\n"
-        "@pytest.mark.xfail(reason='known')\ndef test_known_failure():\n    assert False\n")
+        "@pytest.mark.xfail(reason='known')\ndef test_known_failure():\n    assert False\n"
+    )
     local = _pytest(tmp_path, None)
     assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
     assert _pytest(tmp_path, "false").returncode == 0

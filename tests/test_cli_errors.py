@@ -70,8 +70,10 @@ HEADER = L[0]
 
 #: name -> (file content, or "missing" / "directory"; a fragment the error line must hold, or a tuple of them)
 CASES: dict[str, tuple[bytes | str, str | tuple[str, ...]]] = {
-    "missing_columns": (_text(["Date;Time;Global_active_power;Voltage", "22/11/2007;02:08:00;0.226;246.980"]),
-                        "missing column(s) Global_reactive_power"),
+    "missing_columns": (
+        _text(["Date;Time;Global_active_power;Voltage", "22/11/2007;02:08:00;0.226;246.980"]),
+        "missing column(s) Global_reactive_power",
+    ),
     "no_time_columns": (_text([HEADER.replace("Date;Time", "Day;Hour")] + L[1:]), "Date;Time or Datetime"),
     "empty": (b"", "empty"),
     "blank_lines_only": (b"\r\n\r\n", "empty"),
@@ -82,12 +84,15 @@ CASES: dict[str, tuple[bytes | str, str | tuple[str, ...]]] = {
     "tab_separated": (_text([ln.replace(";", "\t") for ln in L]), "wrong separator"),
     "comma_rows_semicolon_header": (_text([HEADER] + [ln.replace(";", ",") for ln in L[1:]]), "no complete rows"),
     "too_many_fields": (_text(L[:3] + [L[3] + ";1;2"] + L[4:]), "not a well-formed"),
-    "bad_date": (_text(L[:7] + ["31/02/2007" + L[7][L[7].index(";"):]] + L[8:]), "row 7: Date/Time"),
+    "bad_date": (_text(L[:7] + ["31/02/2007" + L[7][L[7].index(";") :]] + L[8:]), "row 7: Date/Time"),
     "bad_time": (_text(L[:2] + [L[2].replace("02:09:00", "25:09:00")] + L[3:]), "row 2: Date/Time"),
-    "us_dates": (_text([HEADER] + ["11/22/2007" + ln[ln.index(";"):] for ln in L[1:]]), "Date/Time"),
-    "bad_csv_datetime": (b",Datetime,Global_active_power,Global_reactive_power,Voltage,Global_intensity,"
-                         b"Sub_metering_1,Sub_metering_2,Sub_metering_3\n0,2007-11-22 02:08:00,1,0,240,4,0,0,0\n"
-                         b"1,yesterday,1,0,240,4,0,0,0\n", "row 2: Datetime"),
+    "us_dates": (_text([HEADER] + ["11/22/2007" + ln[ln.index(";") :] for ln in L[1:]]), "Date/Time"),
+    "bad_csv_datetime": (
+        b",Datetime,Global_active_power,Global_reactive_power,Voltage,Global_intensity,"
+        b"Sub_metering_1,Sub_metering_2,Sub_metering_3\n0,2007-11-22 02:08:00,1,0,240,4,0,0,0\n"
+        b"1,yesterday,1,0,240,4,0,0,0\n",
+        "row 2: Datetime",
+    ),
     "all_rows_missing": (_text([HEADER] + [ln[: ln.index(";", 11)] + ";?" * 7 for ln in L[1:]]), "no complete rows"),
     "binary_junk": (bytes(range(256)) * 8, "missing column(s)"),
     "truncated_gzip": (gzip.compress(_text(L))[:40], "cannot"),
@@ -95,8 +100,10 @@ CASES: dict[str, tuple[bytes | str, str | tuple[str, ...]]] = {
     # A zip cut short has no central directory, so it is read as text (poor message, but one line).
     "truncated_zip": (_zip("household_power_consumption.txt", _text(L * 20))[:-30], ("cannot", "damaged", "missing column")),
     "damaged_zip_crc": (_damaged_zip_crc(), ("cannot", "damaged", "CRC")),
-    "damaged_zip_deflate": (_damaged(_zip("household_power_consumption.txt", _text(L * 200)), 200),
-                            ("cannot", "damaged", "decompress")),
+    "damaged_zip_deflate": (
+        _damaged(_zip("household_power_consumption.txt", _text(L * 200)), 200),
+        ("cannot", "damaged", "decompress"),
+    ),
     "damaged_gzip_deflate": (_damaged(gzip.compress(_text(L * 200)), 20), ("cannot", "damaged", "decompress")),
     "nonexistent": ("missing", "no such file"),
     "directory": ("directory", "is a directory"),
@@ -108,8 +115,19 @@ def _cases(names: list[str]) -> list:
 
 
 #: the cases also run through the CLI (a process each; the others are checked at unit level only)
-CLI_CASES = ["missing_columns", "empty", "header_only", "junk_value", "tab_separated", "comma_rows_semicolon_header",
-             "bad_date", "nonexistent", "directory", "truncated_zip", "damaged_zip_deflate"]
+CLI_CASES = [
+    "missing_columns",
+    "empty",
+    "header_only",
+    "junk_value",
+    "tab_separated",
+    "comma_rows_semicolon_header",
+    "bad_date",
+    "nonexistent",
+    "directory",
+    "truncated_zip",
+    "damaged_zip_deflate",
+]
 
 
 def _holds_fragment(message: str, name: str) -> bool:
@@ -140,8 +158,10 @@ def cli_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     procs = {}
     for name in CLI_CASES:
         cmd = [sys.executable, "-m", "wattcast", "evaluate", "--data", str(_make(tmp, name)), "--models", "persistence"]
-        procs[name] = (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                             env=_env(), cwd=tmp))
+        procs[name] = (
+            cmd,
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp),
+        )
     results = {}
     for name, (cmd, proc) in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -180,7 +200,10 @@ def test_cli_accepts_a_good_small_file(tmp_path):
     path.write_bytes(_text([ln.replace(";", ",") for ln in L]))
     result = subprocess.run(
         [sys.executable, "-m", "wattcast", "evaluate", "--data", str(path), "--fraction", "1", "--models", "persistence"],
-        capture_output=True, text=True, env=_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -192,7 +215,10 @@ def test_cli_too_small_a_fraction(tmp_path):
     path.write_bytes(_text(L))
     result = subprocess.run(
         [sys.executable, "-m", "wattcast", "evaluate", "--data", str(path), "--models", "persistence"],
-        capture_output=True, text=True, env=_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
     )
     assert result.returncode != 0
     assert result.stderr.splitlines() == [result.stderr.strip()]

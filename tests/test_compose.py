@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 BROKER_SERVICE = "mosquitto"
 BROKER_PORT = 1883  # inside the compose network only; never used on this machine
-MATCHED = 4093      # forecasts of the default validation split whose target lies in it
+MATCHED = 4093  # forecasts of the default validation split whose target lies in it
 
 
 def load_yaml(path: Path) -> Any:
@@ -75,6 +75,7 @@ _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|(
 
 def interpolate(value: str, env: dict[str, str]) -> str:
     """Compose variable interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}."""
+
     def sub(m: re.Match) -> str:
         if m.group(1):
             return "$"
@@ -86,6 +87,7 @@ def interpolate(value: str, env: dict[str, str]) -> str:
                 raise AssertionError(f"compose would stop: {name}: {arg}")
             return arg
         return val or ""
+
     return _VAR.sub(sub, value)
 
 
@@ -127,12 +129,14 @@ def app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 # ---------------------------------------------------------------------- static checks
 
+
 def test_compose_file_follows_the_compose_specification():
     exe = shutil.which("check-jsonschema")
     if exe is None:
         pytest.skip("check-jsonschema is not installed (pip install -e '.[dev]')")
-    r = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -169,7 +173,8 @@ def test_application_services_share_one_image_and_wait_for_a_healthy_broker(comp
     assert len({s["image"] for s in apps.values()}) == 1
     for name, service in apps.items():
         assert depends_on(service).get(BROKER_SERVICE) == "service_healthy" or all(
-            depends_on(apps[d]).get(BROKER_SERVICE) == "service_healthy" for d in depends_on(service)), name
+            depends_on(apps[d]).get(BROKER_SERVICE) == "service_healthy" for d in depends_on(service)
+        ), name
         cmd = service["command"]
         assert isinstance(cmd, list) and cmd[:2] == ["python", "-m"], f"{name}: exec form python -m <module>"
         env = environment(service)
@@ -230,6 +235,7 @@ def test_every_variable_of_the_compose_file_is_documented(compose):
 
 
 # ------------------------------------------------------------ the services as processes
+
 
 def _needs_local_tools() -> None:
     if available_kind("mosquitto") is None:
@@ -292,14 +298,21 @@ class Deployment:
             conf = self.localize(name, service["command"][-1])
             assert Path(conf).resolve() == DEPLOYMENT_CONF.resolve(), conf
             data = self.localize(name, CONTAINER_DATA_DIR)
-            self.broker = secured_private_broker(self.localize(name, CONTAINER_AUTH_DIR), workdir=data,
-                                                 prefer="mosquitto").start()
+            self.broker = secured_private_broker(
+                self.localize(name, CONTAINER_AUTH_DIR), workdir=data, prefer="mosquitto"
+            ).start()
             self.port = self.broker.port
             return
         log = (self.logs / f"{name}.log").open("w")
-        self.procs[name] = subprocess.Popen(self.argv(name, service["command"]), env=self.env(name), cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            self.argv(name, service["command"]),
+            env=self.env(name),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def healthy(self, name: str) -> bool:
@@ -405,8 +418,14 @@ def baseline(tmp_path_factory) -> dict[str, Any]:
     _needs_local_tools()
     store = tmp_path_factory.mktemp("baseline") / "wattcast.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
-    r = subprocess.run([sys.executable, "-m", "wattcast", "run", "--json", "--quiet", "--store", str(store)],
-                       capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    r = subprocess.run(
+        [sys.executable, "-m", "wattcast", "run", "--json", "--quiet", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
     assert result["broker"]["kind"] == "mosquitto"

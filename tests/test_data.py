@@ -24,8 +24,11 @@ from wattcast.contract import READING_FIELDS
 from wattcast.data import DataError, extract_block, load_split, read_meter_file, sample_path, subset_bounds
 
 # The full data set beside the checkout (../shared/data), as on the developers' machines and in CI.
-FULL = Path(os.environ.get("WATTCAST_FULL_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"))
+FULL = Path(
+    os.environ.get(
+        "WATTCAST_FULL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"
+    )
+)
 FIXTURES = Path(__file__).parent / "fixtures"
 # tests/fixtures/cleaned_head.csv: the first 60 rows of the shipped sample written the way the course's
 # assignment 2 saves its cleaned frame (df.to_csv): index column, ISO Date, Time, the UCI columns as
@@ -69,6 +72,7 @@ def write_uci(path: Path, lines: list[str]) -> Path:
 
 
 # ------------------------------------------------------------------ the shipped sample
+
 
 @pytest.fixture(scope="module")
 def sample_split() -> data.Split:
@@ -132,6 +136,7 @@ def test_subset_bounds_is_the_notebooks_draw():
 
 
 # ----------------------------------------------------------------- readers and formats
+
 
 def test_cleaned_csv_reads_like_the_uci_file():
     csv = read_meter_file(CLEANED_CSV)
@@ -220,6 +225,7 @@ def test_comma_separated_uci_is_accepted(tmp_path):
 
 # ------------------------------------------------------------------------ extract_block
 
+
 def synthetic_uci(path: Path, rows: int = 400, seed: int = 5) -> Path:
     """A small UCI-format file with a few '?' rows and irregular values."""
     rng = np.random.default_rng(seed)
@@ -285,6 +291,7 @@ def test_extract_block_refuses_csv(tmp_path):
 
 
 # ------------------------------------------------------------------- the full data set
+
 
 @pytest.fixture(scope="session")
 def full() -> SimpleNamespace:

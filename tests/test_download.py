@@ -53,11 +53,17 @@ def server(tmp_path):
         "/uci.zip": _zip_bytes({"household_power_consumption.txt": TEXT}),
         "/nested.zip": _zip_bytes({"uci/": b"", "uci/household_power_consumption.txt": TEXT}),
         # as zipped by macOS Finder: resource forks in __MACOSX/ (sorted first here)
-        "/macos.zip": _zip_bytes({"__MACOSX/uci/._household_power_consumption.txt": b"\x00\x05\x16\x07junk",
-                                  "uci/": b"", "uci/household_power_consumption.txt": TEXT}),
+        "/macos.zip": _zip_bytes(
+            {
+                "__MACOSX/uci/._household_power_consumption.txt": b"\x00\x05\x16\x07junk",
+                "uci/": b"",
+                "uci/household_power_consumption.txt": TEXT,
+            }
+        ),
         # ~3 MB of incompressible padding so that the transfer takes several chunks
-        "/big.zip": _zip_bytes({"household_power_consumption.txt": TEXT, "padding.bin": os.urandom(3_000_000)},
-                               zipfile.ZIP_STORED),
+        "/big.zip": _zip_bytes(
+            {"household_power_consumption.txt": TEXT, "padding.bin": os.urandom(3_000_000)}, zipfile.ZIP_STORED
+        ),
         "/other.zip": _zip_bytes({"readme.txt": b"no data here"}),
         "/page.zip": b"<html><body>Maintenance</body></html>",
     }
@@ -215,8 +221,7 @@ def test_no_content_length(server, tmp_path):
 
 def test_timeout(server, tmp_path):
     with pytest.raises(DataError, match="no answer within 0.5 s|stalled"):
-        download_dataset(url=server.url("silent.zip"), cache_dir=tmp_path, sha256=SHA, timeout=0.5,
-                         progress=_quiet())
+        download_dataset(url=server.url("silent.zip"), cache_dir=tmp_path, sha256=SHA, timeout=0.5, progress=_quiet())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -227,8 +232,7 @@ def test_connection_refused(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(DataError, match="download failed"):
-        download_dataset(url=f"http://127.0.0.1:{port}/x.zip", cache_dir=tmp_path, sha256=SHA, timeout=5,
-                         progress=_quiet())
+        download_dataset(url=f"http://127.0.0.1:{port}/x.zip", cache_dir=tmp_path, sha256=SHA, timeout=5, progress=_quiet())
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp2://example.invalid/x.zip"])
@@ -273,8 +277,9 @@ def test_defaults(monkeypatch, tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "wattcast", "data", "download", *args],
-                          capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "wattcast", "data", "download", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def test_cli_download(server, tmp_path):
@@ -305,8 +310,11 @@ def test_cli_download_errors(server, tmp_path):
 
 
 # The full data set beside the checkout (../shared/data), as on the developers' machines and in CI.
-FULL = Path(os.environ.get("WATTCAST_FULL_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"))
+FULL = Path(
+    os.environ.get(
+        "WATTCAST_FULL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"
+    )
+)
 
 
 @pytest.mark.skipif(not FULL.is_file(), reason=f"the full UCI data set is not at {FULL}")

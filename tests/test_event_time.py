@@ -28,8 +28,11 @@ from wattcast.data import data_notes, extract_block, load_split, read_meter_file
 from wattcast.evaluation import stream_forecasts, target_index
 from wattcast.forecasters import load_model
 
-FULL = Path(os.environ.get("WATTCAST_FULL_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"))
+FULL = Path(
+    os.environ.get(
+        "WATTCAST_FULL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "household_power_consumption.zip"
+    )
+)
 
 
 def _sample_lines(n: int) -> tuple[str, list[str]]:
@@ -46,11 +49,13 @@ def messy_file(path: Path, rows: int = 1500) -> dict[str, int]:
     # gaps: 4 minutes, 1 minute, 7 minutes (validation part), 3 minutes (training part)
     gone = set(range(1300, 1304)) | {1350} | set(range(1400, 1407)) | set(range(200, 203))
     out = [ln for k, ln in enumerate(lines) if k not in gone]
+
     # a repeated timestamp with another value (a meter re-sending), and an exact repeat
     def twin(line: str) -> str:
         cells = line.split(";")
         cells[2] = f"{float(cells[2]) + 1.5:.3f}"
         return ";".join(cells)
+
     i = out.index(lines[1320])
     out.insert(i + 1, twin(lines[1320]))
     j = out.index(lines[1450])
@@ -84,7 +89,8 @@ def test_the_reader_sorts_swapped_rows_and_keeps_the_first_of_a_repeated_timesta
     assert 9.999 not in df["global_active_power"].tolist()  # the first of the two rows stays
     assert data_notes({"out_of_order": 1, "duplicates_dropped": 1}) == [
         "1 row(s) older than a row before them: put in time order",
-        "1 row(s) with the timestamp of an earlier row: dropped (first kept)"]
+        "1 row(s) with the timestamp of an earlier row: dropped (first kept)",
+    ]
     assert data_notes(load_split().info) == []  # the shipped sample is clean
 
 
@@ -112,18 +118,32 @@ def test_offline_skips_exactly_the_forecasts_whose_target_minute_is_missing(tmp_
     assert np.allclose(preds, [gap[i] for i in expected])  # persistence: the newest reading
 
 
-def _live_against_offline(data: Path, tmp_path: Path, fraction: float | None = 1.0, seed: int | None = None,
-                          models=MODELS) -> dict:
+def _live_against_offline(
+    data: Path, tmp_path: Path, fraction: float | None = 1.0, seed: int | None = None, models=MODELS
+) -> dict:
     if available_kind("mosquitto") is None:
         pytest.skip("needs mosquitto (apt-get install mosquitto)")
-    cmd = [sys.executable, "-m", "wattcast", "run", "--data", str(data), "--store", str(tmp_path / "r" / "w.db"),
-           "--json", "--quiet", "--models", *models]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wattcast",
+        "run",
+        "--data",
+        str(data),
+        "--store",
+        str(tmp_path / "r" / "w.db"),
+        "--json",
+        "--quiet",
+        "--models",
+        *models,
+    ]
     if fraction is not None:
         cmd += ["--fraction", str(fraction)]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     split = load_split(data, fraction, seed if seed is not None else 1234)
@@ -168,9 +188,15 @@ def test_live_equals_offline_on_the_full_data_sets_seed_43_window_with_its_gap(t
 def test_evaluate_says_what_the_reader_changed(tmp_path):
     path = tmp_path / "messy.txt"
     messy_file(path)
-    out = subprocess.run([sys.executable, "-m", "wattcast", "evaluate", "--data", str(path), "--fraction", "1",
-                          "--models", "persistence"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "wattcast", "evaluate", "--data", str(path), "--fraction", "1", "--models", "persistence"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
         "wattcast: data: 3 row(s) older than a row before them: put in time order",
-        "wattcast: data: 3 row(s) with the timestamp of an earlier row: dropped (first kept)"], out.stderr
+        "wattcast: data: 3 row(s) with the timestamp of an earlier row: dropped (first kept)",
+    ], out.stderr

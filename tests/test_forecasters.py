@@ -67,6 +67,7 @@ def same_query(a, b) -> bool:
 
 # ----------------------------------------------------------------------------- contract
 
+
 def test_identity(model):
     assert model.name in MODELS
     assert isinstance(model.version, str) and model.version
@@ -178,7 +179,7 @@ def test_state_survives_json_and_the_restored_forecaster_goes_on_identically(mod
     a = feed(model.new_forecaster(), readings[:cut])
     b = model.new_forecaster()
     b.restore(json.loads(json.dumps(a.state(), allow_nan=False)))
-    for r in readings[cut:cut + 60]:
+    for r in readings[cut : cut + 60]:
         a.learn_one(r)
         b.learn_one(r)
         assert same_query(a.query(), b.query())
@@ -213,6 +214,7 @@ def test_a_state_that_does_not_fit_is_refused(model, readings):
 # ------------------------------------------------------------------------- persistence
 # ------------------------------------------------------------------------- persistence
 
+
 def test_persistence_is_the_newest_reading(readings):
     model = load_model("persistence")
     f = model.new_forecaster()
@@ -223,6 +225,7 @@ def test_persistence_is_the_newest_reading(readings):
 
 
 # ------------------------------------------------------------------------------ linear
+
 
 def sklearn_forecast(ts: np.ndarray, y: np.ndarray, mu: float, horizon: int = HORIZON_S) -> float:
     """The course's definition, by scikit-learn: the weighted LS line through (unix s, GAP) at newest ts + horizon.
@@ -309,6 +312,7 @@ def test_linear_rejects_bad_mu():
 
 # -------------------------------------------------------------------------------- LSTM
 
+
 def scaled(model: LstmModel, rows: list[Reading]) -> np.ndarray:
     """The model's input rows computed from the artifact's metadata, independently of the forecaster."""
     x = np.array([[getattr(r, f) for f in model.metadata["features"]] for r in rows], np.float64)
@@ -359,6 +363,7 @@ def test_unknown_model():
 
 
 # ------------------------------------------------------------------------- evaluation
+
 
 @pytest.mark.parametrize(("name", "mse", "tol"), [("persistence", 0.3655, 0.0005), ("linear", 0.4996, 0.001)])
 def test_reference_scores(split, name, mse, tol):

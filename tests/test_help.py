@@ -81,8 +81,9 @@ def test_the_docs_paho_examples_run_against_a_broker_without_credentials(broker,
         script.write_text(code)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
         env.update(MQTT_HOST=broker.host, MQTT_PORT=str(broker.port))
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         try:
             proc.wait(3)  # it must still be running (subscribed) after 3 s
         except subprocess.TimeoutExpired:

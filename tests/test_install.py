@@ -21,8 +21,9 @@ import pytest
 from wattcast.broker import available_kind
 
 REPO = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache",
-                                ".ruff_cache", ".venv", "out")
+IGNORE = shutil.ignore_patterns(
+    ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "out"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +42,37 @@ def test_a_non_editable_install_runs_and_evaluates_from_any_folder(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, env=_env())
     py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(clone)],
-                         capture_output=True, text=True, env=_env(), timeout=600)
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(clone)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     # the installed package, not the copy it was built from
-    where = subprocess.run([str(py), "-P", "-c", "import wattcast, simulator; print(wattcast.__file__, simulator.__file__)"],
-                           capture_output=True, text=True, cwd="/", env=_env(), check=True).stdout
+    where = subprocess.run(
+        [str(py), "-P", "-c", "import wattcast, simulator; print(wattcast.__file__, simulator.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=_env(),
+        check=True,
+    ).stdout
     assert str(venv) in where and str(clone) not in where, where
     shutil.rmtree(clone / "wattcast")  # nothing may come from the copy any more
     (clone / "wattcast").mkdir()  # ... but a folder of that name stays in the way
     cli = str(venv / "bin" / "wattcast")
     for cwd in (parent, Path("/")):
         store = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}" / "wattcast.db"
-        run = subprocess.run([cli, "run", "--limit", "40", "--quiet", "--json", "--store", str(store)],
-                             capture_output=True, text=True, cwd=cwd, env=_env(), timeout=300)
+        run = subprocess.run(
+            [cli, "run", "--limit", "40", "--quiet", "--json", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=_env(),
+            timeout=300,
+        )
         assert run.returncode == 0, f"from {cwd}: {run.stdout}\n{run.stderr}"
         result = json.loads(run.stdout)
         assert set(result["models"]) == {"lstm", "lstm-augmented", "linear", "persistence"}

@@ -28,13 +28,25 @@ class FakeClock:
         return self.t
 
 
-def metrics(house: str, model: str, n: int, mse: float, rolling_n: int, rolling_mse: float, as_of: int = T0,
-            unmatched: int = 0, pending: int = 0, run: str = "default") -> Metrics:
-    return Metrics(house, model, as_of, n, mse, math.sqrt(mse), mse / 2, rolling_n, rolling_mse, 3600, unmatched, pending,
-                   run=run)
+def metrics(
+    house: str,
+    model: str,
+    n: int,
+    mse: float,
+    rolling_n: int,
+    rolling_mse: float,
+    as_of: int = T0,
+    unmatched: int = 0,
+    pending: int = 0,
+    run: str = "default",
+) -> Metrics:
+    return Metrics(
+        house, model, as_of, n, mse, math.sqrt(mse), mse / 2, rolling_n, rolling_mse, 3600, unmatched, pending, run=run
+    )
 
 
 # --------------------------------------------------------------------------- LiveTable
+
 
 def test_table_pools_houses_per_model():
     table = LiveTable(clock=FakeClock())
@@ -107,6 +119,7 @@ def test_table_follows_the_newest_run():
 
 # ---------------------------------------------------------------------------- LiveView
 
+
 def test_view_off_a_terminal_prints_plain_lines_at_most_every_few_seconds():
     clock = FakeClock(0.0)
     out = io.StringIO()  # isatty() is False
@@ -143,25 +156,34 @@ def test_view_on_a_terminal_redraws_in_place():
     clock.t = 1.0
     view.update(metrics("h000", "persistence", 10, 0.5, 10, 0.5))  # one more row
     view.refresh()
-    second = out.getvalue()[len(first):]
+    second = out.getvalue()[len(first) :]
     assert second.startswith(f"\x1b[{height}A\r")  # back to the top of the table
     assert second.count(LiveView.CLEAR_LINE) == height + 1
     view.log("a progress line")
-    third = out.getvalue()[len(first) + len(second):]
+    third = out.getvalue()[len(first) + len(second) :]
     assert third.startswith(f"\x1b[{height + 1}A\r\x1b[Ja progress line\n")
     assert "persistence" in third  # the table again, below the line
 
 
 # ------------------------------------------------------------------- wattcast watch
 
+
 def test_watch_shows_what_a_deployment_publishes(broker):
     """``python -m wattcast watch --duration`` against a real broker, with a test publisher."""
     pub = MqttBus(BrokerConfig.from_url(broker.url), f"test-pub-{time.monotonic_ns()}", session=False).connect(5)
     try:
-        pub.publish("wattcast/v1/status/collector", Status("collector", "online", "collector", time.time(), {}).to_json(),
-                    retain=True)
-        proc = subprocess.Popen([sys.executable, "-m", "wattcast", "watch", "--broker", broker.url, "--duration", "4"],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pub.publish(
+            "wattcast/v1/status/collector",
+            Status("collector", "online", "collector", time.time(), {}).to_json(),
+            retain=True,
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wattcast", "watch", "--broker", broker.url, "--duration", "4"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         n = 0
         deadline = time.monotonic() + 15
         while proc.poll() is None and time.monotonic() < deadline:

@@ -53,6 +53,7 @@ def forecasts_of(bus) -> list[Forecast]:
 
 # ----------------------------------------------------------------------------- predictor
 
+
 @pytest.mark.parametrize("name", ["persistence", "linear", "lstm"])
 def test_predictor_matches_offline_forecasts_in_any_batching(val, name):
     model = load_model(name)
@@ -81,8 +82,9 @@ def test_predictor_counts_duplicates_gaps_and_malformed_without_crashing(val):
     bad = [
         Message(reading_topic("h000"), b"{not json"),
         Message(reading_topic("h000"), b'{"house": "h000", "seq": "x"}'),
-        Message(reading_topic("h000"),
-                rs[0].to_json().replace(b'"global_active_power":', b'"global_active_power":1e999,"x":')),
+        Message(
+            reading_topic("h000"), rs[0].to_json().replace(b'"global_active_power":', b'"global_active_power":1e999,"x":')
+        ),
         Message(reading_topic("h001"), rs[0].to_json()),  # house of the payload differs from the topic
         Message(reading_topic("h000"), b"x" * 100_000),
     ]
@@ -105,8 +107,14 @@ def test_predictor_keeps_houses_apart():
     bus = MemoryHub().connect()
     node = PredictorNode(bus, load_model("persistence"))
     t = 1196680920
-    node.handle([msg(reading("a", 0, t, 1.0)), msg(reading("b", 0, t, 5.0)),
-                 msg(reading("a", 1, t + 60, 2.0)), msg(reading("b", 1, t + 60, 6.0))])
+    node.handle(
+        [
+            msg(reading("a", 0, t, 1.0)),
+            msg(reading("b", 0, t, 5.0)),
+            msg(reading("a", 1, t + 60, 2.0)),
+            msg(reading("b", 1, t + 60, 6.0)),
+        ]
+    )
     got = {f.house: f.value for f in forecasts_of(bus)}
     assert got == {"a": 2.0, "b": 6.0}
 
@@ -134,8 +142,9 @@ def test_a_restarted_predictor_with_its_state_forecasts_as_if_it_never_stopped(v
     key = lambda f: (f.house, f.seq)  # noqa: E731
     expected = sorted(forecasts_of(whole), key=key)
     got = sorted({key(f): f for f in forecasts_of(first_bus) + forecasts_of(second_bus)}.values(), key=key)
-    assert [(f.house, f.seq, f.issued_at, f.target_ts) for f in got] == \
-        [(f.house, f.seq, f.issued_at, f.target_ts) for f in expected]
+    assert [(f.house, f.seq, f.issued_at, f.target_ts) for f in got] == [
+        (f.house, f.seq, f.issued_at, f.target_ts) for f in expected
+    ]
     # float32 LSTM sums differ in the last bits between batch sizes (one batch of 160 above)
     np.testing.assert_allclose([f.value for f in got], [f.value for f in expected], rtol=1e-6)
 
@@ -202,12 +211,20 @@ def test_serve_with_checkpoints_acknowledges_only_what_a_checkpoint_holds():
             stop.set()
 
     threading.Thread(target=feed).start()
-    serve(bus, "n", "test", NodeStats("n"), lambda batch: log.extend(f"handle {m.topic}" for m in batch), stop,
-          checkpoint=lambda: log.append("checkpoint"))
+    serve(
+        bus,
+        "n",
+        "test",
+        NodeStats("n"),
+        lambda batch: log.extend(f"handle {m.topic}" for m in batch),
+        stop,
+        checkpoint=lambda: log.append("checkpoint"),
+    )
     assert log == [entry for i in range(3) for entry in (f"handle t/{i}", "checkpoint", f"ack t/{i}")]
 
 
 # ----------------------------------------------------------------------------- collector
+
 
 def make_collector(tmp_path, models=("persistence",), **kw):
     hub = MemoryHub()
@@ -233,8 +250,14 @@ def test_collector_matches_in_either_order_and_is_idempotent(tmp_path):
     node.handle([msg(reading("h000", 6, T0 + 360, 2.0))])
     node.handle([msg(fc("persistence", T0 + 60, 3.0))])
     # QoS 1 redelivery of everything
-    node.handle([msg(fc("persistence", T0, 1.0)), msg(reading("h000", 5, T0 + 300, 1.5)),
-                 msg(fc("persistence", T0 + 60, 3.0)), msg(reading("h000", 6, T0 + 360, 2.0))])
+    node.handle(
+        [
+            msg(fc("persistence", T0, 1.0)),
+            msg(reading("h000", 5, T0 + 300, 1.5)),
+            msg(fc("persistence", T0 + 60, 3.0)),
+            msg(reading("h000", 6, T0 + 360, 2.0)),
+        ]
+    )
     rows = store.db.execute("SELECT issued_at, forecast, actual, error FROM matches ORDER BY issued_at").fetchall()
     assert rows == [(T0, 1.0, 1.5, -0.5), (T0 + 60, 3.0, 2.0, 1.0)]
     m = node.board.metrics("h000", "persistence")
@@ -248,8 +271,9 @@ def test_collector_publishes_its_progress_after_each_batch_with_new_readings(tmp
     def progress() -> list[Progress]:
         return [decode(m.topic, m.payload) for m in bus.published if m.topic == progress_topic("collector")]
 
-    node.handle([msg(reading("h000", 5, T0 + 300, 1.5)), msg(reading("h001", 5, T0 + 300, 1.0)),
-                 msg(fc("persistence", T0, 1.0))])
+    node.handle(
+        [msg(reading("h000", 5, T0 + 300, 1.5)), msg(reading("h001", 5, T0 + 300, 1.0)), msg(fc("persistence", T0, 1.0))]
+    )
     # the newest reading of the batch; nothing complete yet (minutes 0-4 are missing), 2 houses seen
     assert progress() == [Progress("collector", "h001", 5, -1, 2)]
     node.handle([msg(fc("persistence", T0 + 60, 1.0))])  # no reading: nothing to say
@@ -275,8 +299,9 @@ def test_the_collectors_progress_says_up_to_which_minute_it_holds_everything(tmp
     houses = ("h000", "h001")
     node.handle([msg(reading(h, k, T0 + 60 * k, 1.0)) for k in range(4) for h in houses])
     assert complete() == 0  # minute 0 needs no forecast; minute 1 waits for them
-    node.handle([msg(fc(m, T0 + 60 * k, 1.0, house=h, seq=k)) for k in (1, 3) for h in houses
-                 for m in ("persistence", "linear")])
+    node.handle(
+        [msg(fc(m, T0 + 60 * k, 1.0, house=h, seq=k)) for k in (1, 3) for h in houses for m in ("persistence", "linear")]
+    )
     assert complete() == 1  # forecast 2 is a hole
     node.handle([msg(fc(m, T0 + 120, 1.0, house=h, seq=2)) for h in houses for m in ("persistence", "linear")])
     assert complete() == 3  # the hole filled: everything up to the newest reading
@@ -323,8 +348,14 @@ def test_collector_end_of_stream_reports_pending_and_unmatched(tmp_path):
 
 def test_collector_waits_for_every_model_before_finalizing(tmp_path):
     node, bus, store = make_collector(tmp_path, models=("persistence", "linear"), drain_s=60)
-    node.handle([msg(reading("h000", 0, T0, 1.0)), msg(reading("h000", 1, T0 + 60, 1.0)),
-                 msg(EndOfStream("h000", 2, 1, T0 + 60)), msg(fc("persistence", T0 + 60, 1.0, seq=1))])
+    node.handle(
+        [
+            msg(reading("h000", 0, T0, 1.0)),
+            msg(reading("h000", 1, T0 + 60, 1.0)),
+            msg(EndOfStream("h000", 2, 1, T0 + 60)),
+            msg(fc("persistence", T0 + 60, 1.0, seq=1)),
+        ]
+    )
     assert not node.tick()
     node.handle([msg(fc("linear", T0 + 60, 1.0, seq=1))])
     assert node.tick()
@@ -347,11 +378,13 @@ def test_store_persists_everything_for_reports(tmp_path):
     store.close()
     again = Store(tmp_path / "c.db")
     assert again.count("readings") == 1 and again.count("matches") == 1
-    assert json.loads(again.db.execute("SELECT value FROM meta WHERE key='collector'").fetchone()[0])["models"] \
-        == ["persistence"]
+    assert json.loads(again.db.execute("SELECT value FROM meta WHERE key='collector'").fetchone()[0])["models"] == [
+        "persistence"
+    ]
 
 
 # ----------------------------------------------------------------------------- simulator
+
 
 def test_simulator_publishes_every_house_then_ends(val):
     hub = MemoryHub()
@@ -388,8 +421,15 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
     watcher = hub.connect()
     watcher.subscribe(ALL_READINGS)
     predictor = hub.connect()
-    sim = Simulator(hub.connect(), house_streams(val, 1, limit=40), speed=None, progress=lambda line: None,
-                    await_models=("lstm", "linear"), window=5, stall_s=1.0)
+    sim = Simulator(
+        hub.connect(),
+        house_streams(val, 1, limit=40),
+        speed=None,
+        progress=lambda line: None,
+        await_models=("lstm", "linear"),
+        window=5,
+        stall_s=1.0,
+    )
     runner = threading.Thread(target=sim.run)
     runner.start()
 
@@ -397,8 +437,7 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
         return [decode(m.topic, m.payload).seq for m in list(watcher.inbox.queue)]
 
     def forecast(model: str, seq: int) -> None:
-        r = decode(*next((m.topic, m.payload) for m in list(watcher.inbox.queue)
-                         if decode(m.topic, m.payload).seq == seq))
+        r = decode(*next((m.topic, m.payload) for m in list(watcher.inbox.queue) if decode(m.topic, m.payload).seq == seq))
         f = Forecast(r.house, model, "t", seq, r.ts, r.ts + 300, 1.0, run=r.run)
         predictor.publish(f.topic, f.to_json())
 
@@ -441,8 +480,15 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
     watcher = hub.connect()
     watcher.subscribe(ALL_READINGS)
     collector = hub.connect()
-    sim = Simulator(hub.connect(), house_streams(val, 2, limit=30), speed=None, progress=lambda line: None,
-                    await_nodes=("collector",), window=4, stall_s=1.0)  # 2 houses: 2 minutes in flight
+    sim = Simulator(
+        hub.connect(),
+        house_streams(val, 2, limit=30),
+        speed=None,
+        progress=lambda line: None,
+        await_nodes=("collector",),
+        window=4,
+        stall_s=1.0,
+    )  # 2 houses: 2 minutes in flight
     runner = threading.Thread(target=sim.run)
     runner.start()
 
@@ -478,8 +524,15 @@ def test_a_silent_model_stops_being_awaited_although_node_statuses_keep_coming(v
             peer.publish(status_topic("collector"), b'{"node":"collector","state":"online","role":"collector"}')
 
     threading.Thread(target=chatter, daemon=True).start()
-    sim = Simulator(sim_bus, house_streams(val, 1, limit=20), speed=None, progress=lambda line: None,
-                    await_models=("lstm",), window=2, stall_s=0.5)
+    sim = Simulator(
+        sim_bus,
+        house_streams(val, 1, limit=20),
+        speed=None,
+        progress=lambda line: None,
+        await_models=("lstm",),
+        window=2,
+        stall_s=0.5,
+    )
     replay = threading.Thread(target=sim.run, args=(stop.is_set,))
     replay.start()
     replay.join(timeout=5)
@@ -611,6 +664,7 @@ def test_a_last_will_keeps_the_node_counters_the_store_had(tmp_path):
 
 # ------------------------------------------------------------------ retained messages
 
+
 def test_collector_rejects_retained_readings_and_forecasts_but_not_statuses(tmp_path):
     """Only statuses are retained: a retained reading or forecast (left by anyone, in any run)
     would be delivered to every new subscriber; it is rejected, counted and stored."""
@@ -664,6 +718,7 @@ def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_
 
 # ------------------------------------------------------------ conflicts and completeness
 
+
 def test_a_second_different_reading_or_forecast_is_a_counted_stored_conflict_not_a_silent_first_win(tmp_path):
     node, bus, store = make_collector(tmp_path)
     real_f, real_r = fc("persistence", T0, 1.0), reading("h000", 5, T0 + 300, 1.5)
@@ -685,8 +740,13 @@ def test_the_store_names_what_a_finished_replay_lacks(tmp_path):
     store.add_end(EndOfStream("h001", 3, 2, t + 120), 1.0)
     store.add_readings([(reading("h000", k, t + 60 * k, 1.0), 1.0) for k in range(10) if k != 4])
     store.add_readings([(reading("h001", k, t + 60 * k, 1.0), 1.0) for k in range(3)])
-    store.add_forecasts([(fc("persistence", t + 60 * k, 1.0, house=h, seq=k), 1.0)
-                         for h in ("h000", "h001") for k in range(1, 10 if h == "h000" else 3)])
+    store.add_forecasts(
+        [
+            (fc("persistence", t + 60 * k, 1.0, house=h, seq=k), 1.0)
+            for h in ("h000", "h001")
+            for k in range(1, 10 if h == "h000" else 3)
+        ]
+    )
     store.add_forecasts([(fc("linear", t + 60 * k, 1.0, seq=k), 1.0) for k in range(1, 7)])
     store.commit()
     assert store.missing("default", ["persistence", "linear"], ["h000", "h001", "h002"]) == [

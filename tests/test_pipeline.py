@@ -52,8 +52,7 @@ def offline_mse(name: str, val) -> tuple[int, float]:
 def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     fh = log.open("a")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
-                            cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
@@ -73,8 +72,9 @@ def wait_online(url: str, nodes: list[str], timeout: float = 60) -> None:
     from wattcast.contract import ALL_STATUS, Status, decode
 
     since = time.time() - 0.5
-    bus = MqttBus(BrokerConfig.from_url(url), client_id=f"test-wait-{os.getpid()}-{time.monotonic_ns()}",
-                  session=False).connect()
+    bus = MqttBus(
+        BrokerConfig.from_url(url), client_id=f"test-wait-{os.getpid()}-{time.monotonic_ns()}", session=False
+    ).connect()
     bus.subscribe(ALL_STATUS)
     online: set[str] = set()
     deadline = time.monotonic() + timeout
@@ -96,8 +96,11 @@ def wait_online(url: str, nodes: list[str], timeout: float = 60) -> None:
 def test_full_replay_at_max_speed_loses_nothing_and_equals_offline_scores(module_broker, val, tmp_path):
     store = tmp_path / "run.db"
     out = subprocess.run(
-        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(store), "--json",
-         "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(store), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -125,8 +128,21 @@ def test_full_replay_at_max_speed_loses_nothing_and_equals_offline_scores(module
 
 def test_collector_over_mqtt_matches_out_of_order_dedupes_and_counts_malformed(module_broker, tmp_path):
     db = tmp_path / "c.db"
-    proc = spawn("collector", "--broker", module_broker.url, "--store", str(db), "--models", "persistence",
-                 "--exit-on-end", "--node", "collector-ooo", "--drain", "2", log=tmp_path / "collector.log")
+    proc = spawn(
+        "collector",
+        "--broker",
+        module_broker.url,
+        "--store",
+        str(db),
+        "--models",
+        "persistence",
+        "--exit-on-end",
+        "--node",
+        "collector-ooo",
+        "--drain",
+        "2",
+        log=tmp_path / "collector.log",
+    )
     try:
         wait_online(module_broker.url, ["collector-ooo"])
         pub = MqttBus(BrokerConfig.from_url(module_broker.url), client_id="test-pub-ooo", session=False).connect()
@@ -179,22 +195,59 @@ def test_predictor_killed_mid_replay_resumes_where_it_stopped(module_broker, val
     limit = 600
     logs = tmp_path
     state = ["--state-dir", str(tmp_path / "state")]
-    collector = spawn("collector", "--broker", url, "--store", str(db), "--models", "persistence", "linear",
-                      "--exit-on-end", "--node", "collector-rs", "--drain", "20", log=logs / "collector.log")
-    predictors = {m: spawn("predictor", "--broker", url, "--model", m, "--node", f"predictor-{m}-rs", *state,
-                           log=logs / f"{m}.log") for m in ("persistence", "linear")}
+    collector = spawn(
+        "collector",
+        "--broker",
+        url,
+        "--store",
+        str(db),
+        "--models",
+        "persistence",
+        "linear",
+        "--exit-on-end",
+        "--node",
+        "collector-rs",
+        "--drain",
+        "20",
+        log=logs / "collector.log",
+    )
+    predictors = {
+        m: spawn("predictor", "--broker", url, "--model", m, "--node", f"predictor-{m}-rs", *state, log=logs / f"{m}.log")
+        for m in ("persistence", "linear")
+    }
     procs = [collector, *predictors.values()]
     try:
         wait_online(url, ["collector-rs", "predictor-persistence-rs", "predictor-linear-rs"])
-        sim = spawn("simulator", "--broker", url, "--limit", str(limit), "--speed", "9000", "--node", "simulator-rs",
-                    log=logs / "sim.log")  # 150 readings/s: about 4 s
+        sim = spawn(
+            "simulator",
+            "--broker",
+            url,
+            "--limit",
+            str(limit),
+            "--speed",
+            "9000",
+            "--node",
+            "simulator-rs",
+            log=logs / "sim.log",
+        )  # 150 readings/s: about 4 s
         procs.append(sim)
         time.sleep(1.5)
         predictors["linear"].send_signal(signal.SIGKILL)
         predictors["linear"].wait()
         time.sleep(0.5)
-        procs.append(spawn("predictor", "--broker", url, "--model", "linear", "--node", "predictor-linear-rs", *state,
-                           log=logs / "linear.log"))
+        procs.append(
+            spawn(
+                "predictor",
+                "--broker",
+                url,
+                "--model",
+                "linear",
+                "--node",
+                "predictor-linear-rs",
+                *state,
+                log=logs / "linear.log",
+            )
+        )
         assert sim.wait(timeout=60) == 0
         assert collector.wait(timeout=90) == 0
     finally:
@@ -214,9 +267,29 @@ def test_predictor_killed_mid_replay_resumes_where_it_stopped(module_broker, val
 
 def test_run_replays_many_houses(module_broker, val, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(tmp_path / "h.db"),
-         "--houses", "3", "--limit", "100", "--models", "persistence", "linear", "--json", "--quiet"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--broker",
+            module_broker.url,
+            "--store",
+            str(tmp_path / "h.db"),
+            "--houses",
+            "3",
+            "--limit",
+            "100",
+            "--models",
+            "persistence",
+            "linear",
+            "--json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
@@ -231,9 +304,26 @@ def test_run_replays_many_houses(module_broker, val, tmp_path):
 
 def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wattcast", "run", "--broker", module_broker.url, "--store", str(tmp_path / "c.db"),
-         "--speed", "60", "--limit", "600", "--models", "persistence"],  # 10 min: within --timeout
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--broker",
+            module_broker.url,
+            "--store",
+            str(tmp_path / "c.db"),
+            "--speed",
+            "60",
+            "--limit",
+            "600",
+            "--models",
+            "persistence",
+        ],  # 10 min: within --timeout
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
         wait_for = time.monotonic() + 60
@@ -257,9 +347,27 @@ def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
 def test_run_falls_back_to_the_embedded_broker(val, tmp_path):
     pytest.importorskip("amqtt", reason="the embedded broker needs the embedded-broker extra")
     out = subprocess.run(
-        [sys.executable, "-m", "wattcast", "run", "--broker-kind", "amqtt", "--store", str(tmp_path / "a.db"),
-         "--limit", "150", "--models", "persistence", "linear", "--json", "--quiet"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--broker-kind",
+            "amqtt",
+            "--store",
+            str(tmp_path / "a.db"),
+            "--limit",
+            "150",
+            "--models",
+            "persistence",
+            "linear",
+            "--json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
@@ -296,16 +404,44 @@ def test_collector_killed_mid_replay_restarts_with_the_same_scores(module_broker
     models = ("persistence", "linear")
 
     def collector():
-        return spawn("collector", "--broker", url, "--store", str(db), "--models", *models, "--exit-on-end",
-                     "--node", "collector-kill", "--drain", "20", log=tmp_path / "collector.log")
+        return spawn(
+            "collector",
+            "--broker",
+            url,
+            "--store",
+            str(db),
+            "--models",
+            *models,
+            "--exit-on-end",
+            "--node",
+            "collector-kill",
+            "--drain",
+            "20",
+            log=tmp_path / "collector.log",
+        )
 
     first = collector()
-    procs = [first, *(spawn("predictor", "--broker", url, "--model", m, "--node", f"predictor-{m}-kill",
-                            log=tmp_path / f"{m}.log") for m in models)]
+    procs = [
+        first,
+        *(
+            spawn("predictor", "--broker", url, "--model", m, "--node", f"predictor-{m}-kill", log=tmp_path / f"{m}.log")
+            for m in models
+        ),
+    ]
     try:
         wait_online(url, ["collector-kill", "predictor-persistence-kill", "predictor-linear-kill"])
-        sim = spawn("simulator", "--broker", url, "--limit", str(limit), "--speed", "3000", "--node", "simulator-kill",
-                    log=tmp_path / "sim.log")
+        sim = spawn(
+            "simulator",
+            "--broker",
+            url,
+            "--limit",
+            str(limit),
+            "--speed",
+            "3000",
+            "--node",
+            "simulator-kill",
+            log=tmp_path / "sim.log",
+        )
         procs.append(sim)
         # mid-replay (the collector has stored a sixth of it), mid-batch perhaps: nothing acknowledged is lost
         stored = wait_stored(db, at_least=limit // 6, proc=first)
@@ -334,7 +470,10 @@ def test_run_with_its_default_store_in_the_working_directory(tmp_path):
     """No --store: runs/<time>/ under the current directory, private broker files included."""
     out = subprocess.run(
         [sys.executable, "-m", "wattcast", "run", "--limit", "50", "--models", "persistence", "--json", "--quiet"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
@@ -345,8 +484,19 @@ def test_run_with_its_default_store_in_the_working_directory(tmp_path):
     assert result["models"]["persistence"]["n"] == 44
 
     # A store, and the predictors' state beside it, hold one run: reusing either is refused in one line.
-    again = [sys.executable, "-m", "wattcast", "run", "--limit", "50", "--models", "persistence", "--quiet",
-             "--store", str(store)]
+    again = [
+        sys.executable,
+        "-m",
+        "wattcast",
+        "run",
+        "--limit",
+        "50",
+        "--models",
+        "persistence",
+        "--quiet",
+        "--store",
+        str(store),
+    ]
     out = subprocess.run(again, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 1 and "exists" in out.stderr and "Traceback" not in out.stderr
     store.unlink()

@@ -33,6 +33,7 @@ T0 = 1196680920
 
 # ------------------------------------------------------------------------- helpers
 
+
 class TableParser(HTMLParser):
     """{table id: {(house, model): {col: (data-value, text)}}} of the report's tables."""
 
@@ -94,6 +95,7 @@ def check_pngs(paths: list[Path]) -> None:
 
 # ------------------------------------------------------------------------ fixtures
 
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A real short run: its store, its --report folder and its JSON result."""
@@ -101,9 +103,28 @@ def run(tmp_path_factory):
         pytest.skip("no MQTT broker installed (mosquitto or amqtt)")
     d = tmp_path_factory.mktemp("run")
     db, out = d / "w.db", d / "run-report"
-    proc = subprocess.run([sys.executable, "-m", "wattcast", "run", "--limit", "300", "--store", str(db), "--json",
-                           "--quiet", "--report", str(out), "--models-dir", str(MODELS_DIR)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--limit",
+            "300",
+            "--store",
+            str(db),
+            "--json",
+            "--quiet",
+            "--report",
+            str(out),
+            "--models-dir",
+            str(MODELS_DIR),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr
     return db, out, json.loads(proc.stdout)
 
@@ -117,6 +138,7 @@ def built(run, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ the real run
+
 
 @pytest.mark.integration
 def test_run_writes_the_report_at_the_end(run):
@@ -143,18 +165,23 @@ def test_html_is_self_contained(built):
     assert text.count("data:image/png;base64,") == len(pngs) == len(FIGURES)
     for p in pngs:  # each image embedded is the file written
         assert f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"' in text
-    assert "<img" in text and 'src="http' not in text and ".png\"" not in text
+    assert "<img" in text and 'src="http' not in text and '.png"' not in text
 
 
 @pytest.mark.integration
 def test_html_table_holds_the_stores_numbers(built):
     db, out, _ = built
     t = tables((out / "report.html").read_text(encoding="utf-8"))["summary"]
-    summary = {m: (n, mse, rmse, mae, u, p) for m, n, mse, rmse, mae, u, p in
-               query(db, "SELECT model, n, mse, rmse, mae, unmatched, pending FROM summary WHERE house = 'h000'")}
+    summary = {
+        m: (n, mse, rmse, mae, u, p)
+        for m, n, mse, rmse, mae, u, p in query(
+            db, "SELECT model, n, mse, rmse, mae, unmatched, pending FROM summary WHERE house = 'h000'"
+        )
+    }
     assert {model for _, model in t} == set(summary) == {"lstm", "lstm-augmented", "linear", "persistence"}
-    pooled = {m: (n, mse) for m, n, mse in
-              query(db, "SELECT model, COUNT(*), AVG(error * error) FROM matches GROUP BY model")}
+    pooled = {
+        m: (n, mse) for m, n, mse in query(db, "SELECT model, COUNT(*), AVG(error * error) FROM matches GROUP BY model")
+    }
     for (house, model), row in t.items():
         assert house == "h000"
         n, mse, rmse, mae, unmatched, pending = summary[model]
@@ -166,8 +193,17 @@ def test_html_table_holds_the_stores_numbers(built):
         assert (int(row["unmatched"][0]), int(row["pending"][0])) == (unmatched, pending)
         skill = 1 - mse / summary["persistence"][1]
         assert float(row["skill"][0]) == pytest.approx(skill, abs=1e-12) and row["skill"][1] == f"{skill:.3f}"
-        lat = np.array([r[0] for r in query(db, "SELECT (received_at - reading_sent_at) * 1000 FROM forecasts "
-                                                "WHERE model = ? AND reading_sent_at IS NOT NULL", model)])
+        lat = np.array(
+            [
+                r[0]
+                for r in query(
+                    db,
+                    "SELECT (received_at - reading_sent_at) * 1000 FROM forecasts "
+                    "WHERE model = ? AND reading_sent_at IS NOT NULL",
+                    model,
+                )
+            ]
+        )
         assert float(row["latency_p50_ms"][0]) == pytest.approx(np.percentile(lat, 50))
         assert float(row["latency_p99_ms"][0]) == pytest.approx(np.percentile(lat, 99))
     assert float(t[("h000", "persistence")]["skill"][0]) == 0.0
@@ -231,6 +267,7 @@ def test_report_from_a_copy_and_other_artifacts(run, built, tmp_path):
 
 # ----------------------------------------------------------------- bad input
 
+
 def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
     from wattcast.cli import main
     from wattcast.store import Store
@@ -268,6 +305,7 @@ def test_a_store_that_is_not_one_is_a_clear_error(tmp_path, capsys):
 
 # ------------------------------------------------------ hand-made multi-house stores
 
+
 def make_store(path: Path, houses=("h000", "h001"), summary: bool = True) -> Path:
     """Two houses, linear and persistence, 120 minutes; h001 misses the reading of minute 50."""
     from wattcast.contract import Forecast, Reading, Status
@@ -286,8 +324,9 @@ def make_store(path: Path, houses=("h000", "h001"), summary: bool = True) -> Pat
                 r = Reading(house, i, ts, gap, 0.1, 240.0, 4.0, 0.0, 0.0, 1.0, sent)
                 matches += board.add_reading(r)
                 readings.append((r, sent + 0.001))
-            for j, (model, version, value) in enumerate((("linear", "linear-mu0.9", gap + 0.2 * rng.normal()),
-                                                         ("persistence", "persistence-1", gap))):
+            for j, (model, version, value) in enumerate(
+                (("linear", "linear-mu0.9", gap + 0.2 * rng.normal()), ("persistence", "persistence-1", gap))
+            ):
                 f = Forecast(house, model, version, i, ts, ts + 300, value, sent)
                 _, m = board.add_forecast(f)
                 forecasts.append((f, sent + 0.01 * (j + 1) + 0.001 * k))
@@ -315,10 +354,18 @@ def test_multi_house_rows_and_aggregate(tmp_path, summary):
     text = paths[0].read_text(encoding="utf-8")
     t = tables(text)
     per_house = list(t["per-house"])
-    assert per_house == [("all", "linear"), ("all", "persistence"), ("h000", "linear"), ("h000", "persistence"),
-                         ("h001", "linear"), ("h001", "persistence")]  # aggregate first
-    counts = {(h, m): (n, mse) for h, m, n, mse in
-              query(db, "SELECT house, model, COUNT(*), AVG(error * error) FROM matches GROUP BY house, model")}
+    assert per_house == [
+        ("all", "linear"),
+        ("all", "persistence"),
+        ("h000", "linear"),
+        ("h000", "persistence"),
+        ("h001", "linear"),
+        ("h001", "persistence"),
+    ]  # aggregate first
+    counts = {
+        (h, m): (n, mse)
+        for h, m, n, mse in query(db, "SELECT house, model, COUNT(*), AVG(error * error) FROM matches GROUP BY house, model")
+    }
     for (house, model), row in t["per-house"].items():
         if house == "all":
             n = sum(c[0] for (h, m), c in counts.items() if m == model)

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def _one_error_line(out: subprocess.CompletedProcess, prefix: str) -> str:
@@ -58,9 +59,21 @@ USAGE_CASES = [
 
 
 def test_every_entry_point_rejects_bad_flags_in_one_line_with_exit_2(tmp_path):
-    procs = [(subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=tmp_path, env={**os.environ, **env}), prefix, flag)
-             for argv, env, prefix, flag in USAGE_CASES]
+    procs = [
+        (
+            subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
+                env={**os.environ, **env},
+            ),
+            prefix,
+            flag,
+        )
+        for argv, env, prefix, flag in USAGE_CASES
+    ]
     for (proc, prefix, flag), case in zip(procs, USAGE_CASES, strict=True):
         stdout, stderr = proc.communicate(timeout=120)
         out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -85,8 +98,10 @@ def _with_value(tmp_path: Path, row: int, column: int, value: str) -> Path:
 
 def test_a_value_the_contract_rejects_fails_at_read_time_naming_file_and_row(tmp_path):
     bad = _with_value(tmp_path, 150, 2, "1e7")  # data row 150: Global_active_power 10 GW
-    for argv in (["-m", "wattcast", "evaluate", "--data", str(bad), "--fraction", "1"],
-                 ["-m", "wattcast", "run", "--data", str(bad), "--fraction", "1"]):
+    for argv in (
+        ["-m", "wattcast", "evaluate", "--data", str(bad), "--fraction", "1"],
+        ["-m", "wattcast", "run", "--data", str(bad), "--fraction", "1"],
+    ):
         out = _run(*argv, cwd=tmp_path)
         assert out.returncode == 1, out.stderr
         line = _one_error_line(out, "wattcast")
@@ -141,10 +156,27 @@ def _needs_mosquitto():
 def test_ctrl_c_stops_nodes_first_and_the_broker_last_quietly_with_exit_130(tmp_path):
     _needs_mosquitto()
     # its own process group, like a shell's foreground job: Ctrl-C sends SIGINT to all of it
-    proc = subprocess.Popen([sys.executable, "-m", "wattcast", "run", "--speed", "30", "--limit", "200",
-                             "--models", "persistence",
-                             "--store", str(tmp_path / "r" / "w.db")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--speed",
+            "30",
+            "--limit",
+            "200",
+            "--models",
+            "persistence",
+            "--store",
+            str(tmp_path / "r" / "w.db"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     logs = tmp_path / "r" / "logs"
     try:
         deadline = time.monotonic() + 120
@@ -194,8 +226,23 @@ def _peek(proc: subprocess.Popen) -> str:
 
 @pytest.mark.integration
 def test_with_a_shared_broker_node_ids_are_stable_and_nothing_stays_retained(broker, mqtt_bus, tmp_path):
-    out = _run("-m", "wattcast", "run", "--broker", broker.url, "--limit", "30", "--models", "persistence",
-               "--json", "--quiet", "--store", str(tmp_path / "a" / "w.db"), cwd=tmp_path, timeout=180)
+    out = _run(
+        "-m",
+        "wattcast",
+        "run",
+        "--broker",
+        broker.url,
+        "--limit",
+        "30",
+        "--models",
+        "persistence",
+        "--json",
+        "--quiet",
+        "--store",
+        str(tmp_path / "a" / "w.db"),
+        cwd=tmp_path,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     nodes = json.loads(out.stdout)["nodes"]
     assert set(nodes) == {"collector", "predictor-persistence", "simulator"}, nodes

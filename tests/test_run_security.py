@@ -68,20 +68,41 @@ def test_forgeries_without_a_login_or_as_the_viewer_change_no_score(tmp_path):
         pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
     store = tmp_path / "r" / "w.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
-    proc = subprocess.Popen([sys.executable, "-m", "wattcast", "run", "--limit", str(LIMIT), "--speed", "600",
-                             "--models", *MODELS, "--json", "--store", str(store)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--limit",
+            str(LIMIT),
+            "--speed",
+            "600",
+            "--models",
+            *MODELS,
+            "--json",
+            "--store",
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     viewer = None
     try:
         viewer_env = store.parent / "broker" / "viewer.env"
         _wait_for("viewer.env", viewer_env.exists, proc)
         assert viewer_env.stat().st_mode & 0o077 == 0, oct(viewer_env.stat().st_mode)
-        login = _wait_for("a complete viewer.env",
-                          lambda: (v := read_env_file(viewer_env)) and password_env_var("viewer") in v and v, proc)
+        login = _wait_for(
+            "a complete viewer.env", lambda: (v := read_env_file(viewer_env)) and password_env_var("viewer") in v and v, proc
+        )
         host, port = login["MQTT_HOST"], int(login["MQTT_PORT"])
         # nodes online: the simulator's retained status says so (the viewer may read statuses)
-        viewer = MqttBus(BrokerConfig(host, port, "viewer", login[password_env_var("viewer")]),
-                         f"viewer-{os.getpid()}", session=False).connect(timeout=30)
+        viewer = MqttBus(
+            BrokerConfig(host, port, "viewer", login[password_env_var("viewer")]), f"viewer-{os.getpid()}", session=False
+        ).connect(timeout=30)
         viewer.subscribe(status_topic("simulator"))
         _wait_for("the simulator online", lambda: any(b'"online"' in m.payload for m in _drain(viewer)), proc)
 
@@ -97,15 +118,20 @@ def test_forgeries_without_a_login_or_as_the_viewer_change_no_score(tmp_path):
             (reading_topic("h000"), replace(late, seq=2**53 - 1).to_json()),
             (reading_topic("h000"), late.to_json()),  # a real reading, sent ahead of the stream
             (end_topic("h000"), EndOfStream("h000", 21, 20, real[20].ts).to_json()),
-            (forecast_topic("h000", "persistence"),
-             Forecast("h000", "persistence", "v1", 150, real[150].ts, real[150].ts + 300, 99.0).to_json()),
-            (forecast_topic("h999", "linear"),
-             Forecast("h999", "linear", "v1", 0, real[0].ts, real[0].ts + 300, 1.0).to_json()),
+            (
+                forecast_topic("h000", "persistence"),
+                Forecast("h000", "persistence", "v1", 150, real[150].ts, real[150].ts + 300, 99.0).to_json(),
+            ),
+            (
+                forecast_topic("h999", "linear"),
+                Forecast("h999", "linear", "v1", 0, real[0].ts, real[0].ts + 300, 1.0).to_json(),
+            ),
         ]
         for topic, payload in forged:
             viewer.publish(topic, payload, qos=1)
-        viewer.publish(status_topic("collector"), Status("collector", "online", "collector", time.time()).to_json(),
-                       qos=1, retain=True)
+        viewer.publish(
+            status_topic("collector"), Status("collector", "online", "collector", time.time()).to_json(), qos=1, retain=True
+        )
         viewer.flush(timeout=30)
 
         out, err = proc.communicate(timeout=600)
@@ -146,14 +172,35 @@ def test_node_logins_are_not_on_the_command_line(tmp_path):
         pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
     store = tmp_path / "r" / "w.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
-    proc = subprocess.Popen([sys.executable, "-m", "wattcast", "run", "--limit", "100", "--speed", "600",
-                             "--models", "persistence", "--json", "--quiet", "--store", str(store)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--limit",
+            "100",
+            "--speed",
+            "600",
+            "--models",
+            "persistence",
+            "--json",
+            "--quiet",
+            "--store",
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         viewer_env = store.parent / "broker" / "viewer.env"
         _wait_for("viewer.env", viewer_env.exists, proc)
-        login = _wait_for("a complete viewer.env",
-                          lambda: (v := read_env_file(viewer_env)) and password_env_var("viewer") in v and v, proc)
+        login = _wait_for(
+            "a complete viewer.env", lambda: (v := read_env_file(viewer_env)) and password_env_var("viewer") in v and v, proc
+        )
         password, url = login[password_env_var("viewer")], f"mqtt://127.0.0.1:{login['MQTT_PORT']}"
 
         def node_argvs() -> list[str]:

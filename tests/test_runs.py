@@ -51,6 +51,7 @@ def forecasts_of(bus) -> list[Forecast]:
 
 # ---------------------------------------------------------------------------- predictor
 
+
 def test_a_second_run_into_a_running_predictor_is_forecast_afresh(val):
     model = load_model("linear")
     readings = to_readings(val.iloc[:60])
@@ -123,8 +124,8 @@ def replay(run: str, minutes: int, offset: float = 0.0) -> list[Message]:
 
 def expected_mse(minutes: int, offset: float = 0.0) -> tuple[int, float]:
     gap = np.array([float(i % 5) + offset for i in range(minutes)])
-    err = gap[1:minutes - 5] - gap[6:]
-    return len(err), float(np.mean(err ** 2))
+    err = gap[1 : minutes - 5] - gap[6:]
+    return len(err), float(np.mean(err**2))
 
 
 def score(store: Store, run: str) -> tuple[int, float]:
@@ -205,14 +206,25 @@ def test_the_collector_fails_a_run_it_scored_incomplete_or_conflicting(tmp_path)
 
 # ------------------------------------------------------------------------------- simulator
 
+
 def test_the_simulator_paces_itself_on_its_own_run_only(val):
     from wattcast.contract import Progress
 
     hub = MemoryHub()
-    sim = Simulator(hub.connect(), house_streams(val, 1, limit=20), speed=None, progress=lambda line: None,
-                    await_models=("linear",), await_nodes=("collector",), recover_from="collector", run="mine")
-    theirs = [Forecast("h000", "linear", "v", 7, T0, T0 + 300, 1.0, run="other"),
-              Progress("collector", "h000", 7, 7, 1, run="other")]
+    sim = Simulator(
+        hub.connect(),
+        house_streams(val, 1, limit=20),
+        speed=None,
+        progress=lambda line: None,
+        await_models=("linear",),
+        await_nodes=("collector",),
+        recover_from="collector",
+        run="mine",
+    )
+    theirs = [
+        Forecast("h000", "linear", "v", 7, T0, T0 + 300, 1.0, run="other"),
+        Progress("collector", "h000", 7, 7, 1, run="other"),
+    ]
     ours = [msgspec.structs.replace(m, run="mine") for m in theirs]
     # an earlier replay's late forecasts and progress move nothing on
     assert not any(sim._note(msg(m)) for m in theirs)
@@ -228,6 +240,7 @@ def test_the_simulator_paces_itself_on_its_own_run_only(val):
 
 
 # -------------------------------------------------------------------------- reading a run
+
 
 def two_run_store(tmp_path, val) -> tuple[Store, list[str]]:
     """A store with two replays of 200 minutes through persistence and linear (memory bus)."""
@@ -282,12 +295,20 @@ def test_report_and_runs_commands_take_a_run(tmp_path, val):
     cli = [sys.executable, "-m", "wattcast"]
     r = subprocess.run([*cli, "runs", "--db", db], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r1 in r.stdout and r2 in r.stdout, r.stderr
-    r = subprocess.run([*cli, "report", "--db", db, "--out", str(tmp_path / "out"), "--run", r1],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cli, "report", "--db", db, "--out", str(tmp_path / "out"), "--run", r1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert f"run {r1}" in (tmp_path / "out" / "report.md").read_text()
-    r = subprocess.run([*cli, "report", "--db", db, "--out", str(tmp_path / "out2"), "--run", "nope"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*cli, "report", "--db", db, "--out", str(tmp_path / "out2"), "--run", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "no run 'nope'" in r.stderr
     assert "Traceback" not in r.stderr
 

@@ -54,8 +54,7 @@ def validators() -> dict[str, jsonschema.Draft202012Validator]:
 
 
 def topic_of(kind: str, obj: dict) -> str:
-    return TOPICS[kind].format(house=obj.get("house", "h000"), model=obj.get("model", "lstm"),
-                               node=obj.get("node", "n"))
+    return TOPICS[kind].format(house=obj.get("house", "h000"), model=obj.get("model", "lstm"), node=obj.get("node", "n"))
 
 
 def example(kind: str) -> dict:
@@ -63,6 +62,7 @@ def example(kind: str) -> dict:
 
 
 # ------------------------------------------------------------------------ the schemas
+
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_schema_is_valid_and_names_the_fields_of_its_message(kind):
@@ -172,14 +172,17 @@ def test_decoded_numbers_have_their_fields_types():
     assert type(decode(topic_of("forecast", obj), json.dumps(obj)).value) is float
 
 
-@pytest.mark.parametrize("kind,member,literal", [
-    ("reading", "sent_at", "1e999"),  # JSON has no infinity, but this literal parses as one
-    ("reading", "voltage", "-1e999"),
-    ("forecast", "reading_sent_at", "1e999"),
-    ("forecast", "value", "1e999"),
-    ("reading", "voltage", "9" * 400),  # too large for a float
-    ("metrics", "mse", "9" * 400),
-])
+@pytest.mark.parametrize(
+    "kind,member,literal",
+    [
+        ("reading", "sent_at", "1e999"),  # JSON has no infinity, but this literal parses as one
+        ("reading", "voltage", "-1e999"),
+        ("forecast", "reading_sent_at", "1e999"),
+        ("forecast", "value", "1e999"),
+        ("reading", "voltage", "9" * 400),  # too large for a float
+        ("metrics", "mse", "9" * 400),
+    ],
+)
 def test_numbers_beyond_floats_are_rejected_with_a_reason(kind, member, literal):
     obj = example(kind)
     obj[member] = 12345.5
@@ -241,6 +244,7 @@ def test_the_documented_examples_validate_and_decode(validators):
 
 # --------------------------------------------------------- real messages from a real run
 
+
 @pytest.mark.slow
 def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, validators):
     import paho.mqtt.client as mqtt
@@ -248,8 +252,7 @@ def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, valid
     from wattcast.node import status as node_status
 
     captured: queue.Queue = queue.Queue()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"schema-spy-{os.getpid()}",
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"schema-spy-{os.getpid()}", protocol=mqtt.MQTTv311)
     subscribed = queue.Queue()
     client.on_message = lambda c, u, m: captured.put((m.topic, bytes(m.payload)))
     client.on_subscribe = lambda c, u, mid, rc, p: subscribed.put(mid)
@@ -259,9 +262,27 @@ def test_messages_captured_from_a_run_follow_the_schemas(broker, tmp_path, valid
         client.subscribe("wattcast/v1/#", qos=1)
         subscribed.get(timeout=5)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
-        r = subprocess.run([sys.executable, "-m", "wattcast", "run", "--broker", broker.url, "--limit", "200",
-                            "--json", "--quiet", "--store", str(tmp_path / "w.db")],
-                           capture_output=True, text=True, cwd=REPO, env=env, timeout=180)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wattcast",
+                "run",
+                "--broker",
+                broker.url,
+                "--limit",
+                "200",
+                "--json",
+                "--quiet",
+                "--store",
+                str(tmp_path / "w.db"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=180,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         # the run's last messages are the empty retained payloads clearing its 6 nodes' statuses
         got: list = []

@@ -71,14 +71,21 @@ def test_on_a_terminal_the_live_table_explains_rolling_and_gives_way_to_the_summ
     assert "rolling MSE = last 60 min of meter time" in text
     height = text.count("\n")
     view.close(final_table=False)
-    assert out.getvalue()[len(text):] == f"\x1b[{height}A\r\x1b[J"  # erased: the summary takes its place
+    assert out.getvalue()[len(text) :] == f"\x1b[{height}A\r\x1b[J"  # erased: the summary takes its place
 
 
 def test_the_summary_table_says_what_its_counts_mean():
-    result = {"models": {"lstm": {"n": 4093, "mse": 0.3376, "rmse": 0.581, "mae": 0.2752, "unmatched": 0,
-                                  "pending": 5}},
-              "published": 4099, "received": 20544, "malformed": 0, "startup_s": 1.0, "replay_s": 4.0,
-              "elapsed_s": 5.0, "store": "runs/x/wattcast.db", "houses": 1}
+    result = {
+        "models": {"lstm": {"n": 4093, "mse": 0.3376, "rmse": 0.581, "mae": 0.2752, "unmatched": 0, "pending": 5}},
+        "published": 4099,
+        "received": 20544,
+        "malformed": 0,
+        "startup_s": 1.0,
+        "replay_s": 4.0,
+        "elapsed_s": 5.0,
+        "store": "runs/x/wattcast.db",
+        "houses": 1,
+    }
     text = format_table(result)
     assert sum(1 for line in text.splitlines() if line.startswith("model ")) == 1
     assert "pending = target after the last reading" in text and "unmatched = no reading" in text
@@ -89,9 +96,26 @@ def test_the_summary_table_says_what_its_counts_mean():
 def test_a_run_prints_one_table(tmp_path):
     if available_kind("mosquitto") is None:
         pytest.skip("needs mosquitto (apt-get install mosquitto)")
-    out = subprocess.run([sys.executable, "-m", "wattcast", "run", "--limit", "60", "--models", "persistence", "linear",
-                          "--store", str(tmp_path / "r" / "w.db")], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=180, env={**os.environ})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wattcast",
+            "run",
+            "--limit",
+            "60",
+            "--models",
+            "persistence",
+            "linear",
+            "--store",
+            str(tmp_path / "r" / "w.db"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=180,
+        env={**os.environ},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     both = (out.stderr + out.stdout).splitlines()
     assert sum(1 for line in both if line.split()[:2] in (["model", "n"], ["model", "houses"])) == 1, both

@@ -38,6 +38,7 @@ def artifact(name: str) -> Path:
 
 # --------------------------------------------------------------------- training windows
 
+
 def test_windows_of_a_ramp():
     values = np.arange(100, dtype=np.float64)
     x, y = training_windows(values, 30, 5)
@@ -90,6 +91,7 @@ def test_specs_are_the_courses():
 
 # ---------------------------------------------------------------------- shipped artifacts
 
+
 @pytest.mark.parametrize(("name", "parameters"), [("lstm", 252), ("lstm-augmented", 19_851)])
 def test_artifact_round_trip(split, name, parameters):
     directory = artifact(name)
@@ -141,6 +143,7 @@ def test_numpy_runtime_matches_keras(keras, name):
 
 
 # ---------------------------------------------------------------------- a tiny training run
+
 
 def tiny_split(split: Split) -> Split:
     train, val = split.train.iloc[:1500].reset_index(drop=True), split.val.iloc[:300].reset_index(drop=True)

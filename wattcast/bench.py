@@ -26,12 +26,18 @@ from wattcast.contract import MODELS
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenarios", nargs="+", choices=("default", "houses"), default=["default", "houses"],
-                   help="default: the default split, 1 house; houses: --houses meters x --minutes (default: both)")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=("default", "houses"),
+        default=["default", "houses"],
+        help="default: the default split, 1 house; houses: --houses meters x --minutes (default: both)",
+    )
     p.add_argument("--houses", type=positive_int, default=50, help="meters of the multi-house scenario (default 50)")
     p.add_argument("--minutes", type=positive_int, default=1440, help="readings per meter there (default 1440 = 1 day)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                   help="models to run (default: all)")
+    p.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL", help="models to run (default: all)"
+    )
     p.add_argument("--broker", default=None, help="use this broker instead of a private one")
     p.add_argument("--window", type=positive_int, default=None, help="simulator flow-control window (default: its own)")
     p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
@@ -48,8 +54,12 @@ def latency_and_lag(db: Path) -> dict[str, Any]:
         latency = {}
         for model in sorted(by_model):
             ms = np.array(by_model[model])
-            latency[model] = {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                              "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+            latency[model] = {
+                "n": int(ms.size),
+                "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                "max_ms": round(float(ms.max()), 2),
+            }
         stats = reader.stats()
     lag = {k: round(stats[k], 2) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max") if stats.get(k) is not None}
     return {"latency": latency, "collector_lag": lag}
@@ -60,18 +70,42 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
 
     houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
     ns = argparse.Namespace(
-        data=None, fraction=None, seed=1234, broker=args.broker, broker_kind=None, username=None, password=None,
-        models=args.models, models_dir=None, speed=None, houses=houses, limit=limit, window=args.window,
-        store=str(workdir / name / "wattcast.db"), report=None, timeout=3600.0, json=True, quiet=True,
+        data=None,
+        fraction=None,
+        seed=1234,
+        broker=args.broker,
+        broker_kind=None,
+        username=None,
+        password=None,
+        models=args.models,
+        models_dir=None,
+        speed=None,
+        houses=houses,
+        limit=limit,
+        window=args.window,
+        store=str(workdir / name / "wattcast.db"),
+        report=None,
+        timeout=3600.0,
+        json=True,
+        quiet=True,
     )
-    print(f"bench: {name}: {houses} house(s) x {limit or 'all'} readings, models {', '.join(args.models)} ...",
-          file=sys.stderr, flush=True)
+    print(
+        f"bench: {name}: {houses} house(s) x {limit or 'all'} readings, models {', '.join(args.models)} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     result = run(ns, progress=lambda line: None)
     figures = latency_and_lag(Path(ns.store))
     # the runner saw every node's final status (the store only those before the collector stopped)
-    figures["nodes"] = {node: {"peak_rss_mib": round(c["rss_kb"] / 1024, 1), "startup_ms": c.get("startup_ms"),
-                               "cpu_s": round(c["cpu_ms"] / 1000, 2) if "cpu_ms" in c else None}
-                        for node, c in result["nodes"].items() if "rss_kb" in c}
+    figures["nodes"] = {
+        node: {
+            "peak_rss_mib": round(c["rss_kb"] / 1024, 1),
+            "startup_ms": c.get("startup_ms"),
+            "cpu_s": round(c["cpu_ms"] / 1000, 2) if "cpu_ms" in c else None,
+        }
+        for node, c in result["nodes"].items()
+        if "rss_kb" in c
+    }
     readings = result["published"]
     return {
         "houses": houses,
@@ -90,8 +124,10 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
 def bench_command(args: argparse.Namespace) -> int:
     import platform
 
-    out: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
-                           "scenarios": {}}
+    out: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "scenarios": {},
+    }
     with TemporaryDirectory(prefix="wattcast-bench-") as tmp:
         for name in args.scenarios:
             out["scenarios"][name] = run_scenario(name, args, Path(tmp))
@@ -103,13 +139,17 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def print_scenario(name: str, s: dict[str, Any]) -> None:
     print(f"== {name}: {s['houses']} house(s), {s['readings']} readings, broker {s['broker']}")
-    print(f"   start-up {s['startup_s']:.2f} s, replay {s['replay_s']:.2f} s, {s['readings_per_s']:,.0f} readings/s, "
-          f"collector received {s['messages_received_by_collector']} messages, malformed {s['malformed']}")
+    print(
+        f"   start-up {s['startup_s']:.2f} s, replay {s['replay_s']:.2f} s, {s['readings_per_s']:,.0f} readings/s, "
+        f"collector received {s['messages_received_by_collector']} messages, malformed {s['malformed']}"
+    )
     for model, lat in s["latency"].items():
         sc = s["scores"].get(model, {})
         p50, p99 = lat.get("p50_ms", float("nan")), lat.get("p99_ms", float("nan"))
-        print(f"   {model:<15} latency p50 {p50:7.2f} ms  p99 {p99:8.2f} ms"
-              f"   matched {sc.get('n')}  mse {sc.get('mse') or float('nan'):.4f}")
+        print(
+            f"   {model:<15} latency p50 {p50:7.2f} ms  p99 {p99:8.2f} ms"
+            f"   matched {sc.get('n')}  mse {sc.get('mse') or float('nan'):.4f}"
+        )
     lag = s["collector_lag"]
     print(f"   collector lag p50 {lag.get('lag_ms_p50')} ms, p99 {lag.get('lag_ms_p99')} ms, max {lag.get('lag_ms_max')} ms")
     for node, mem in s["nodes"].items():

@@ -100,8 +100,9 @@ class PrivateBroker:
         kind = available_kind(prefer)
         if kind is None:
             raise RuntimeError(
-                f"no {prefer} broker available" if prefer else
-                "no MQTT broker available: install mosquitto (apt-get install mosquitto) "
+                f"no {prefer} broker available"
+                if prefer
+                else "no MQTT broker available: install mosquitto (apt-get install mosquitto) "
                 "or amqtt (pip install 'wattcast[embedded-broker]')"
             )
         self.kind = kind
@@ -116,8 +117,9 @@ class PrivateBroker:
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
         # absolute: the broker runs with the workdir as its current directory
-        self.workdir = (Path(workdir) if workdir is not None
-                        else Path(tempfile.mkdtemp(prefix="wattcast-broker-"))).resolve()
+        self.workdir = (
+            Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="wattcast-broker-"))
+        ).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "broker.log"
         self.config_path = self.workdir / "mosquitto.conf"
@@ -195,7 +197,12 @@ class PrivateBroker:
             # its own session: a Ctrl-C at the terminal (SIGINT to the foreground process group)
             # must not stop the broker under the nodes; its owner stops it, last
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
                 start_new_session=True,
             )
         deadline = time.monotonic() + self.start_timeout
@@ -212,8 +219,7 @@ class PrivateBroker:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"{self.kind} broker did not open port {self.port} within {self.start_timeout:.0f} s:\n"
-                    f"{self.log_tail()}"
+                    f"{self.kind} broker did not open port {self.port} within {self.start_timeout:.0f} s:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 

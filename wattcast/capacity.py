@@ -47,8 +47,11 @@ class Plan:
 
     def memory_bytes(self) -> int:
         nodes = self.models + 2
-        return int(nodes * NODE_BASE_BYTES + nodes * self.houses * BYTES_PER_HOUSE_PER_NODE
-                   + self.readings * self.models * COLLECTOR_BYTES_PER_READING)
+        return int(
+            nodes * NODE_BASE_BYTES
+            + nodes * self.houses * BYTES_PER_HOUSE_PER_NODE
+            + self.readings * self.models * COLLECTOR_BYTES_PER_READING
+        )
 
 
 def available_memory() -> int | None:
@@ -71,14 +74,21 @@ def check(plan: Plan, timeout: float, memory: int | None = None) -> None:
     """Raise :class:`CapacityError` naming the limit if ``plan`` cannot finish here."""
     need = plan.seconds()
     if need > timeout:
-        how = (f"about {plan.readings:,} readings at ~{READINGS_PER_S:,.0f}/s" if plan.speed is None
-               else f"{plan.minutes:,} minutes at --speed {plan.speed:g}")
-        raise CapacityError(f"this run would take {_duration(need)} ({how}), more than --timeout {timeout:g} s; "
-                            "pass a larger --timeout, a smaller --limit or --houses, or a higher --speed")
+        how = (
+            f"about {plan.readings:,} readings at ~{READINGS_PER_S:,.0f}/s"
+            if plan.speed is None
+            else f"{plan.minutes:,} minutes at --speed {plan.speed:g}"
+        )
+        raise CapacityError(
+            f"this run would take {_duration(need)} ({how}), more than --timeout {timeout:g} s; "
+            "pass a larger --timeout, a smaller --limit or --houses, or a higher --speed"
+        )
     memory = available_memory() if memory is None else memory
     if memory is not None:
         est = plan.memory_bytes()
         if est > MEMORY_SHARE * memory:
-            raise CapacityError(f"this run would need about {est / 2**30:.1f} GiB of memory ({plan.houses:,} houses x "
-                                f"{plan.minutes:,} readings, {plan.models} models) and {memory / 2**30:.1f} GiB are "
-                                "available; pass a smaller --limit or --houses")
+            raise CapacityError(
+                f"this run would need about {est / 2**30:.1f} GiB of memory ({plan.houses:,} houses x "
+                f"{plan.minutes:,} readings, {plan.models} models) and {memory / 2**30:.1f} GiB are "
+                "available; pass a smaller --limit or --houses"
+            )

@@ -32,11 +32,13 @@ def _models_dir(value: str | None) -> Path | None:
 
 # ----------------------------------------------------------------------- subcommands
 
+
 def cmd_data_download(args: argparse.Namespace) -> int:
     from wattcast.download import download_dataset
 
-    path = download_dataset(url=args.url, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                            sha256=args.sha256, force=args.force)
+    path = download_dataset(
+        url=args.url, cache_dir=Path(args.cache_dir) if args.cache_dir else None, sha256=args.sha256, force=args.force
+    )
     print(path)
     return 0
 
@@ -99,8 +101,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({"split": split.info, "models": results}, indent=2))
         return 0
     info = split.info
-    print(f"validation split: {info['val_rows']} readings {info['val_window'][0]} .. {info['val_window'][1]} "
-          f"(source: {info['source']}, fraction {info['fraction']}, seed {info['seed']})")
+    print(
+        f"validation split: {info['val_rows']} readings {info['val_window'][0]} .. {info['val_window'][1]} "
+        f"(source: {info['source']}, fraction {info['fraction']}, seed {info['seed']})"
+    )
     print(f"{'model':<16}{'n':>7}{'MSE':>10}{'RMSE':>10}{'MAE':>10}")
     for name, r in results.items():
         print(f"{name:<16}{r['n']:>7}{r['mse']:>10.4f}{r['rmse']:>10.4f}{r['mae']:>10.4f}")
@@ -151,6 +155,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wattcast", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"wattcast {__version__}")
@@ -174,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_data_extract)
 
     t = sub.add_parser("train", help="train an LSTM model and write its artifact (needs TensorFlow)")
-    t.add_argument("--model", required=True, choices=["lstm", "lstm-augmented", "all"],
-                   help="the LSTM model to train, or all of them")
+    t.add_argument(
+        "--model", required=True, choices=["lstm", "lstm-augmented", "all"], help="the LSTM model to train, or all of them"
+    )
     add_data_args(t)
     t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")
     t.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the course's 100)")
@@ -185,8 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score every model on the validation split")
     add_data_args(e)
-    e.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
-                   help=f"models to score ({', '.join(MODELS)}; default: all)")
+    e.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        choices=MODELS,
+        metavar="MODEL",
+        help=f"models to score ({', '.join(MODELS)}; default: all)",
+    )
     e.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
     e.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
     e.add_argument("--json", action="store_true", help="print JSON")
@@ -208,8 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--db", required=True, help="the collector's SQLite store")
     rp.add_argument("--out", required=True, help="output folder")
     rp.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder (loss curves)")
-    rp.add_argument("--run", type=run_id, default=None,
-                    help="the run (replay) to report; default: the newest (`wattcast runs --db` lists them)")
+    rp.add_argument(
+        "--run",
+        type=run_id,
+        default=None,
+        help="the run (replay) to report; default: the newest (`wattcast runs --db` lists them)",
+    )
     rp.set_defaults(func=cmd_report)
 
     rs = sub.add_parser("runs", help="list the runs (replays) a collector store holds")
@@ -235,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     from wattcast.data import DataError
     from wattcast.forecasters import ArtifactError
 

@@ -121,12 +121,16 @@ def log_level(value: str) -> str:
     return value.upper()
 
 
-def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,
-                    required: bool = False) -> None:
+def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None, required: bool = False) -> None:
     env = os.environ if env is None else env
     default = env.get(ENV_BROKER) or (None if required else "mqtt://127.0.0.1:1883")
-    parser.add_argument("--broker", default=default, required=required and default is None, type=broker_url,
-                        help=f"MQTT broker URL mqtt://host:port (env {ENV_BROKER}; default %(default)s)")
+    parser.add_argument(
+        "--broker",
+        default=default,
+        required=required and default is None,
+        type=broker_url,
+        help=f"MQTT broker URL mqtt://host:port (env {ENV_BROKER}; default %(default)s)",
+    )
     parser.add_argument("--username", default=env.get(ENV_USERNAME), help=f"MQTT user name (env {ENV_USERNAME})")
     parser.add_argument("--password", default=env.get(ENV_PASSWORD), help=f"MQTT password (env {ENV_PASSWORD})")
 
@@ -137,19 +141,30 @@ def broker_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
-    parser.add_argument("--data", default=env.get(ENV_DATA),
-                        help="meter data: the UCI .txt, its .zip, a .txt.gz, or the course's cleaned CSV "
-                             f"(env {ENV_DATA}; default: the shipped 20,492-row sample)")
-    parser.add_argument("--fraction", type=fraction, default=None,
-                        help="share of the cleaned rows to keep as one contiguous block "
-                             "(default 0.01 of a data file; 1.0 of the shipped sample, which is that block)")
+    parser.add_argument(
+        "--data",
+        default=env.get(ENV_DATA),
+        help="meter data: the UCI .txt, its .zip, a .txt.gz, or the course's cleaned CSV "
+        f"(env {ENV_DATA}; default: the shipped 20,492-row sample)",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=fraction,
+        default=None,
+        help="share of the cleaned rows to keep as one contiguous block "
+        "(default 0.01 of a data file; 1.0 of the shipped sample, which is that block)",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the block's start (default %(default)s)")
 
 
 def add_log_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
-    parser.add_argument("--log-level", default=env.get(ENV_LOG_LEVEL, "INFO"), type=log_level,
-                        help=f"DEBUG, INFO, WARNING or ERROR (env {ENV_LOG_LEVEL}; default %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default=env.get(ENV_LOG_LEVEL, "INFO"),
+        type=log_level,
+        help=f"DEBUG, INFO, WARNING or ERROR (env {ENV_LOG_LEVEL}; default %(default)s)",
+    )
 
 
 def add_node_args(parser: argparse.ArgumentParser, node: str | None, env: Mapping[str, str] | None = None) -> None:

@@ -120,6 +120,7 @@ def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> Path:
 
 # ------------------------------------------------------------------------ .env files
 
+
 def read_env_file(path: str | Path) -> dict[str, str]:
     """``KEY=VALUE`` lines of a docker compose ``.env`` file (comments and blanks skipped)."""
     values: dict[str, str] = {}
@@ -145,8 +146,9 @@ def passwords_from(env: Mapping[str, str], users: Iterable[str] = USERS) -> dict
     return passwords
 
 
-def ensure_passwords(existing: Mapping[str, str] | None = None, users: Iterable[str] = USERS,
-                     rotate: bool = False) -> tuple[dict[str, str], list[str]]:
+def ensure_passwords(
+    existing: Mapping[str, str] | None = None, users: Iterable[str] = USERS, rotate: bool = False
+) -> tuple[dict[str, str], list[str]]:
     """A password for every user: taken from ``existing`` (variables by name) unless ``rotate``, else random.
 
     Returns (user -> password, users whose password is new).
@@ -189,8 +191,10 @@ def update_env_file(path: str | Path, passwords: Mapping[str, str]) -> Path:
 
 # --------------------------------------------------------------- a secured local broker
 
-def deployment_conf(auth_dir: str | Path, config_dir: str | Path = MOSQUITTO_DIR,
-                    conf_path: str | Path = DEPLOYMENT_CONF) -> str:
+
+def deployment_conf(
+    auth_dir: str | Path, config_dir: str | Path = MOSQUITTO_DIR, conf_path: str | Path = DEPLOYMENT_CONF
+) -> str:
     """The lines of the deployment's mosquitto.conf for a :class:`PrivateBroker` (``extra_conf``).
 
     Container paths are mapped to local ones (``/mosquitto/auth`` -> ``auth_dir``,
@@ -198,8 +202,7 @@ def deployment_conf(auth_dir: str | Path, config_dir: str | Path = MOSQUITTO_DIR
     ``persistence_location`` are left out: the PrivateBroker sets those (a free
     loopback port, its working directory).
     """
-    mapping = [(CONTAINER_AUTH_DIR, str(Path(auth_dir).resolve())),
-               (CONTAINER_CONFIG_DIR, str(Path(config_dir).resolve()))]
+    mapping = [(CONTAINER_AUTH_DIR, str(Path(auth_dir).resolve())), (CONTAINER_CONFIG_DIR, str(Path(config_dir).resolve()))]
     lines = []
     for line in Path(conf_path).read_text().splitlines():
         words = line.split()
@@ -235,16 +238,30 @@ def secured_private_broker(auth_dir: str | Path, passwords: Mapping[str, str] | 
 
 # --------------------------------------------------------------------------------- CLI
 
+
 def add_passwd_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``wattcast broker passwd``."""
-    p.add_argument("--env-file", default=".env",
-                   help="the .env file docker compose reads: missing passwords are added as random ones, "
-                        "present ones kept ('-' prints the variables instead; default %(default)s)")
-    p.add_argument("--password-file", default=None, metavar="PATH",
-                   help="also write a mosquitto password file for these users (for a broker outside compose)")
+    p.add_argument(
+        "--env-file",
+        default=".env",
+        help="the .env file docker compose reads: missing passwords are added as random ones, "
+        "present ones kept ('-' prints the variables instead; default %(default)s)",
+    )
+    p.add_argument(
+        "--password-file",
+        default=None,
+        metavar="PATH",
+        help="also write a mosquitto password file for these users (for a broker outside compose)",
+    )
     p.add_argument("--rotate", action="store_true", help="replace every password with a new random one")
-    p.add_argument("--users", nargs="+", default=list(USERS), choices=list(USERS), metavar="USER",
-                   help=f"users to cover (default: all of {', '.join(USERS)})")
+    p.add_argument(
+        "--users",
+        nargs="+",
+        default=list(USERS),
+        choices=list(USERS),
+        metavar="USER",
+        help=f"users to cover (default: all of {', '.join(USERS)})",
+    )
 
 
 def passwd_command(args: argparse.Namespace) -> int:
@@ -265,8 +282,11 @@ def passwd_command(args: argparse.Namespace) -> int:
     else:
         update_env_file(args.env_file, passwords)
         kept = [u for u in passwords if u not in created]
-        print(f"{args.env_file}: new password for {', '.join(created) or 'nobody'}"
-              + (f"; kept {', '.join(kept)}" if kept else ""), file=sys.stderr)
+        print(
+            f"{args.env_file}: new password for {', '.join(created) or 'nobody'}"
+            + (f"; kept {', '.join(kept)}" if kept else ""),
+            file=sys.stderr,
+        )
     if args.password_file:
         write_password_file(args.password_file, passwords)
         print(f"{args.password_file}: mosquitto password file for {', '.join(passwords)}", file=sys.stderr)

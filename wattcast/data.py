@@ -66,6 +66,7 @@ def sample_path() -> Path:
 
 # ---------------------------------------------------------------------------- reading
 
+
 def _open_text(path: Path) -> io.TextIOBase:
     """A text stream of the file's content: plain, gzip, or the data member of a zip."""
     if not path.exists():
@@ -75,8 +76,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         if zipfile.is_zipfile(path):
             zf = zipfile.ZipFile(path)
-            names = [n for n in zf.namelist()
-                     if n.lower().endswith((".txt", ".csv")) and not n.startswith("__MACOSX/")]
+            names = [n for n in zf.namelist() if n.lower().endswith((".txt", ".csv")) and not n.startswith("__MACOSX/")]
             if not names:
                 raise DataError(f"{path}: the zip holds no .txt or .csv file")
             uci = [n for n in names if n.rsplit("/", 1)[-1] == UCI_MEMBER]
@@ -120,8 +120,14 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
             raise DataError(f"{path}: missing column(s) {', '.join(what)}{hint}")
         try:
             raw = pd.read_csv(
-                fh, sep=sep, names=columns, header=None, dtype=str, na_values=["?", ""],
-                keep_default_na=False, engine="c",
+                fh,
+                sep=sep,
+                names=columns,
+                header=None,
+                dtype=str,
+                na_values=["?", ""],
+                keep_default_na=False,
+                engine="c",
             )
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
@@ -155,8 +161,10 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     outside = (values < READING_MIN) | (values > READING_MAX)
     if outside.any():
         r, c = np.argwhere(outside)[0]
-        raise DataError(f"{path}: row {out.index[r] + 1}: {UCI_COLUMNS[c]} out of range "
-                        f"[{READING_MIN:g}, {READING_MAX:g}] of the message contract: {values[r, c]:g}")
+        raise DataError(
+            f"{path}: row {out.index[r] + 1}: {UCI_COLUMNS[c]} out of range "
+            f"[{READING_MIN:g}, {READING_MAX:g}] of the message contract: {values[r, c]:g}"
+        )
     out.insert(0, "datetime", stamp.dt.tz_localize(None) if stamp.dt.tz is not None else stamp)
     # Explicit conversion: pandas 3 stores datetimes in microseconds, not nanoseconds.
     out.insert(1, "ts", ((out["datetime"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)).astype(np.int64))
@@ -164,8 +172,10 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     bad_ts = (ts < TS_MIN) | (ts > TS_MAX)
     if bad_ts.any():
         r = int(np.flatnonzero(bad_ts)[0])
-        raise DataError(f"{path}: row {out.index[r] + 1}: {bad_what} {out['datetime'].iloc[r]} outside the message "
-                        "contract's 1990-01-01 .. 2100-01-01")
+        raise DataError(
+            f"{path}: row {out.index[r] + 1}: {bad_what} {out['datetime'].iloc[r]} outside the message "
+            "contract's 1990-01-01 .. 2100-01-01"
+        )
     if out.empty:
         raise DataError(f"{path}: no complete rows (every row has a missing value)")
     # time order and unique timestamps (module docstring): offline and live see the same stream
@@ -196,6 +206,7 @@ def data_notes(info: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ split
+
 
 def subset_bounds(rows: int, fraction: float, seed: int) -> tuple[int, int]:
     """The notebook's contiguous block ``[start, start + size)`` over ``rows`` cleaned rows."""
@@ -258,8 +269,8 @@ def to_readings(df: pd.DataFrame, house: str = "h000", seq0: int = 0) -> list[Re
 
 # ----------------------------------------------------------------------- write a block
 
-def extract_block(source: str | Path, out: str | Path, fraction: float = DEFAULT_FRACTION,
-                  seed: int = DEFAULT_SEED) -> int:
+
+def extract_block(source: str | Path, out: str | Path, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED) -> int:
     """Write the notebook's block of ``source`` to ``out`` (gzip if it ends in .gz) in the UCI format.
 
     The lines are copied verbatim from the source (rows with a missing value left

@@ -55,8 +55,7 @@ def member_sha256(archive: Path) -> str:
     """SHA-256 (hex) of ``household_power_consumption.txt`` inside the zip ``archive``, streamed."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            names = [n for n in zf.namelist()
-                     if PurePosixPath(n).name == UCI_MEMBER and not n.startswith("__MACOSX/")]
+            names = [n for n in zf.namelist() if PurePosixPath(n).name == UCI_MEMBER and not n.startswith("__MACOSX/")]
             if not names:
                 raise DataError(f"{archive}: the zip holds no {UCI_MEMBER}")
             digest = hashlib.sha256()
@@ -103,8 +102,9 @@ def _fetch(url: str, dest: Path, timeout: float, progress: Callable[[str], None]
                     except TimeoutError:
                         raise DataError(f"download failed: stalled for {timeout:g} s after {_mb(done)} ({url})") from None
                     except (http.client.HTTPException, OSError) as exc:
-                        raise DataError(f"download failed after {_mb(done)}: {str(exc) or type(exc).__name__} "
-                                        f"({url})") from None
+                        raise DataError(
+                            f"download failed after {_mb(done)}: {str(exc) or type(exc).__name__} ({url})"
+                        ) from None
                     if not chunk:
                         break
                     out.write(chunk)
@@ -122,9 +122,14 @@ def _fetch(url: str, dest: Path, timeout: float, progress: Callable[[str], None]
     return done
 
 
-def download_dataset(url: str | None = None, cache_dir: Path | None = None, sha256: str | None = None,
-                     force: bool = False, timeout: float = 60,
-                     progress: Callable[[str], None] = _to_stderr) -> Path:
+def download_dataset(
+    url: str | None = None,
+    cache_dir: Path | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    timeout: float = 60,
+    progress: Callable[[str], None] = _to_stderr,
+) -> Path:
     """The verified UCI archive in the cache, downloaded first if needed; returns its path.
 
     ``sha256`` is the expected hash of ``household_power_consumption.txt`` inside

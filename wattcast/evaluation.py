@@ -70,8 +70,11 @@ def stream_forecasts(model: Model, val: pd.DataFrame, house: str = "h000") -> tu
         if q is not None:
             queries.append(q)
             targets.append(gap[j])
-    preds = np.concatenate([model.predict(queries[k : k + 1024]) for k in range(0, len(queries), 1024)]) \
-        if queries else np.empty(0)
+    preds = (
+        np.concatenate([model.predict(queries[k : k + 1024]) for k in range(0, len(queries), 1024)])
+        if queries
+        else np.empty(0)
+    )
     return preds, np.asarray(targets)
 
 

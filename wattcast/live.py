@@ -51,8 +51,9 @@ class ModelLine:
 class LiveTable:
     """The newest metrics per (house, model) and the per-model aggregate."""
 
-    def __init__(self, rate_window: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, rate_window: float = 5.0, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self.rate_window = rate_window
         self.clock = clock
         self.wall = wall  # for the age of a node's status (its ts is wall-clock time)
@@ -159,18 +160,20 @@ class LiveTable:
             ms = [m for (_, name), m in self.metrics.items() if name == model]
             n = sum(m.n for m in ms)
             rolling_n = sum(m.rolling_n for m in ms)
-            out.append(ModelLine(
-                model=model,
-                houses=len(ms),
-                n=n,
-                rolling_n=rolling_n,
-                rolling_mse=sum(m.rolling_mse * m.rolling_n for m in ms) / rolling_n if rolling_n else None,
-                mse=sum(m.mse * m.n for m in ms) / n if n else None,
-                rate=self.rate(model, now),
-                unmatched=sum(m.unmatched for m in ms),
-                pending=sum(m.pending for m in ms),
-                window_s=max(m.window_s for m in ms),
-            ))
+            out.append(
+                ModelLine(
+                    model=model,
+                    houses=len(ms),
+                    n=n,
+                    rolling_n=rolling_n,
+                    rolling_mse=sum(m.rolling_mse * m.rolling_n for m in ms) / rolling_n if rolling_n else None,
+                    mse=sum(m.mse * m.n for m in ms) / n if n else None,
+                    rate=self.rate(model, now),
+                    unmatched=sum(m.unmatched for m in ms),
+                    pending=sum(m.pending for m in ms),
+                    window_s=max(m.window_s for m in ms),
+                )
+            )
         return out
 
     def as_of(self) -> int | None:
@@ -183,11 +186,15 @@ class LiveTable:
         when = datetime.fromtimestamp(as_of, UTC).strftime("%Y-%m-%d %H:%M") if as_of is not None else "-"
         houses = len({h for h, _ in self.metrics})
         window = max((x.window_s for x in lines), default=3600) // 60
-        out = [f"{houses} house(s), meter time {when}, MSE in kW², rolling {window} min",
-               f"{'model':<16}{'houses':>7}{'matched n':>10}{'rolling MSE':>13}{'MSE':>9}{'fc/s':>8}{'unmatched':>10}"]
+        out = [
+            f"{houses} house(s), meter time {when}, MSE in kW², rolling {window} min",
+            f"{'model':<16}{'houses':>7}{'matched n':>10}{'rolling MSE':>13}{'MSE':>9}{'fc/s':>8}{'unmatched':>10}",
+        ]
         for x in lines:
-            out.append(f"{x.model:<16}{x.houses:>7}{x.n:>10}{_num(x.rolling_mse):>13}{_num(x.mse):>9}"
-                       f"{x.rate:>8.1f}{x.unmatched:>10}")
+            out.append(
+                f"{x.model:<16}{x.houses:>7}{x.n:>10}{_num(x.rolling_mse):>13}{_num(x.mse):>9}"
+                f"{x.rate:>8.1f}{x.unmatched:>10}"
+            )
         if not lines:
             out.append("(no metrics yet)")
         progress = self.progress_text(now)
@@ -202,9 +209,12 @@ class LiveTable:
             stale = sum(1 for s in self.nodes.values() if s.state == "online") - len(online)
             offline = len(self.nodes) - len(online) - stale
             names = ", ".join(online)
-            out.append(f"nodes online: {len(online)}" + (f" ({names})" if online and len(names) <= 60 else "")
-                       + (f", offline: {offline}" if offline else "")
-                       + (f", silent for over {FRESH_STATUS_S:.0f} s: {stale}" if stale else ""))
+            out.append(
+                f"nodes online: {len(online)}"
+                + (f" ({names})" if online and len(names) <= 60 else "")
+                + (f", offline: {offline}" if offline else "")
+                + (f", silent for over {FRESH_STATUS_S:.0f} s: {stale}" if stale else "")
+            )
         if self.run is not None:
             out.append(f"run {self.run}")
         return "\n".join(out)
@@ -215,8 +225,7 @@ class LiveTable:
         if progress is not None:
             mses = ", ".join(f"{x.model} {_num(x.mse)}" for x in self.lines(now))
             return progress + (f"; MSE so far: {mses}" if mses else "")
-        parts = [f"{x.model} n={x.n} roll={_num(x.rolling_mse)} mse={_num(x.mse)} {x.rate:.1f}/s"
-                 for x in self.lines(now)]
+        parts = [f"{x.model} n={x.n} roll={_num(x.rolling_mse)} mse={_num(x.mse)} {x.rate:.1f}/s" for x in self.lines(now)]
         return " | ".join(parts) if parts else "no metrics yet"
 
 
@@ -229,9 +238,15 @@ class LiveView:
 
     CLEAR_LINE = "\x1b[2K"
 
-    def __init__(self, stream: TextIO | None = None, table: LiveTable | None = None, tty: bool | None = None,
-                 redraw_every: float = 0.25, plain_every: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        table: LiveTable | None = None,
+        tty: bool | None = None,
+        redraw_every: float = 0.25,
+        plain_every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
         self.table = table if table is not None else LiveTable(clock=clock)

@@ -89,8 +89,15 @@ def status(node: str, role: str, state: State, stats: NodeStats | None = None, m
     return Status(node, state, role, time.time(), counters, model)
 
 
-def connect(broker: BrokerConfig, node: str, role: str, manual_ack: bool = False, session: bool = True,
-            timeout: float = 15.0, model: str | None = None) -> MqttBus:
+def connect(
+    broker: BrokerConfig,
+    node: str,
+    role: str,
+    manual_ack: bool = False,
+    session: bool = True,
+    timeout: float = 15.0,
+    model: str | None = None,
+) -> MqttBus:
     """An MqttBus for ``node`` whose last will marks it offline; connected, status online."""
     will = (status_topic(node), status(node, role, "offline", model=model).to_json())
     bus = MqttBus(broker, client_id=f"wattcast-{node}", session=session, will=will, manual_ack=manual_ack)
@@ -167,8 +174,9 @@ class Checkpoints:
     stops receiving.
     """
 
-    def __init__(self, bus: Bus, stats: NodeStats, save: Callable[[], None], every: float = 0.2,
-                 most: int = 256, flush_s: float = 5.0) -> None:
+    def __init__(
+        self, bus: Bus, stats: NodeStats, save: Callable[[], None], every: float = 0.2, most: int = 256, flush_s: float = 5.0
+    ) -> None:
         self.bus, self.stats, self.save = bus, stats, save
         self.every, self.most, self.flush_s = every, most, flush_s
         self.held: list[Message] = []
@@ -190,8 +198,9 @@ class Checkpoints:
         except Exception as exc:
             errors = self.stats.counters["checkpoint_errors"] = self.stats.counters["checkpoint_errors"] + 1
             if errors == 1:
-                log.exception("%s: saving a checkpoint failed; acknowledging %d messages anyway",
-                              self.stats.node, len(self.held))
+                log.exception(
+                    "%s: saving a checkpoint failed; acknowledging %d messages anyway", self.stats.node, len(self.held)
+                )
             elif errors % 100 == 0:
                 log.error("%s: %d checkpoints failed so far (last: %s)", self.stats.node, errors, exc)
         with self.bus.batched():
@@ -201,10 +210,19 @@ class Checkpoints:
         self.last = time.monotonic()
 
 
-def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[list[Message]], None],
-          stop: StopFlag, max_batch: int = 512, status_every: float = 2.0,
-          tick: Callable[[], bool] | None = None, checkpoint: Callable[[], None] | None = None,
-          model: str | None = None) -> None:
+def serve(
+    bus: Bus,
+    node: str,
+    role: str,
+    stats: NodeStats,
+    handle: Callable[[list[Message]], None],
+    stop: StopFlag,
+    max_batch: int = 512,
+    status_every: float = 2.0,
+    tick: Callable[[], bool] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    model: str | None = None,
+) -> None:
     """The node main loop: batches -> ``handle`` -> ack; periodic status; ``tick()`` True ends the loop.
 
     With ``checkpoint`` (saves the node's state) messages are acknowledged only after
@@ -225,8 +243,9 @@ def serve(bus: Bus, node: str, role: str, stats: NodeStats, handle: Callable[[li
                     handle(batch)
                 except Exception:  # a bug or a broken store must not take the node down: count, log, go on
                     stats.counters["handler_errors"] += len(batch)
-                    log.exception("%s: handling a batch of %d messages failed; they are counted as handler_errors",
-                                  node, len(batch))
+                    log.exception(
+                        "%s: handling a batch of %d messages failed; they are counted as handler_errors", node, len(batch)
+                    )
                 if checkpoints is None:
                     for message in batch:
                         bus.ack(message)

@@ -55,21 +55,36 @@ class RunError(RuntimeError):
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
-    p.add_argument("--broker", default=None,
-                   help="use this broker (mqtt://host:port); default: start a private one on a free port")
-    p.add_argument("--broker-kind", choices=("mosquitto", "amqtt"), default=None,
-                   help="private broker to start (default: mosquitto if installed, else the embedded amqtt)")
+    p.add_argument(
+        "--broker", default=None, help="use this broker (mqtt://host:port); default: start a private one on a free port"
+    )
+    p.add_argument(
+        "--broker-kind",
+        choices=("mosquitto", "amqtt"),
+        default=None,
+        help="private broker to start (default: mosquitto if installed, else the embedded amqtt)",
+    )
     p.add_argument("--username", default=None, help="MQTT user name for --broker")
     p.add_argument("--password", default=None, help="MQTT password for --broker")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
-                   help="models to run (default: all four)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        metavar="MODEL",
+        help="models to run (default: all four)",
+    )
     p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
     p.add_argument("--houses", type=positive_int, default=1, help="meters replayed at once (default 1)")
     p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
-    p.add_argument("--window", type=positive_int, default=None,
-                   help="at max speed, readings in flight ahead of the slowest model, all houses together "
-                        "(at least one minute of each; default: the simulator's 10)")
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help="at max speed, readings in flight ahead of the slowest model, all houses together "
+        "(at least one minute of each; default: the simulator's 10)",
+    )
     p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
     p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
@@ -144,8 +159,14 @@ def _spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict[str
     log_path = log_dir / f"{name}.log"
     fh = log_path.open("w")
     # -P: the current folder is not put on sys.path, so a folder named like a package there cannot shadow it
-    proc = subprocess.Popen([sys.executable, "-P", "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", module, *args],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     fh.close()
     return Child(name, proc, log_path)
 
@@ -189,8 +210,9 @@ def _stop(children: list[Child], timeout: float = 10.0) -> None:
             c.proc.wait()
 
 
-def scores_from_store(db_path: Path, models: list[str] | None = None, houses: int = 1,
-                      run: str | None = None) -> dict[str, Any]:
+def scores_from_store(
+    db_path: Path, models: list[str] | None = None, houses: int = 1, run: str | None = None
+) -> dict[str, Any]:
     """Per-model scores of ``run`` (default: the newest) pooled over houses, per-house scores, the
     store's counters, and what is missing.  StoreError if the store holds no such run."""
     from wattcast.contract import house_ids
@@ -285,8 +307,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         broker_kind = broker.kind
     say(f"broker: {broker_kind} at {config.url}" + (f" (log {broker.log_path})" if broker else ""))
     if broker is not None and not passwords:
-        say("broker: warning: the embedded amqtt broker takes anonymous clients and has no ACL: any local user "
-            "can publish into this run (install mosquitto for a secured run)")
+        say(
+            "broker: warning: the embedded amqtt broker takes anonymous clients and has no ACL: any local user "
+            "can publish into this run (install mosquitto for a secured run)"
+        )
     elif broker is not None:
         say(f"broker: a login per node and role; viewer login for watch and subscribers in {_viewer_env(broker, passwords)}")
 
@@ -302,6 +326,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if config.username:
             return {**env, ENV_USERNAME: config.username, ENV_PASSWORD: config.password or ""}
         return env
+
     data_args = []
     if args.data:
         data_args += ["--data", str(args.data)]
@@ -324,24 +349,55 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
 
         if args.broker:
             _reset_sessions(config, [collector_node, *(f"predictor-{m}{suffix}" for m in args.models)])
-        children.append(_spawn("collector", "collector", [
-            *common, "--store", str(store_path), "--models", *args.models, "--exit-on-end",
-            "--node", collector_node, "--metrics-every", "0.5"], log_dir, login(collector_node)))
+        children.append(
+            _spawn(
+                "collector",
+                "collector",
+                [
+                    *common,
+                    "--store",
+                    str(store_path),
+                    "--models",
+                    *args.models,
+                    "--exit-on-end",
+                    "--node",
+                    collector_node,
+                    "--metrics-every",
+                    "0.5",
+                ],
+                log_dir,
+                login(collector_node),
+            )
+        )
         predictor_nodes = {}
         for model in args.models:
             node = f"predictor-{model}{suffix}"
             predictor_nodes[model] = node
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
             extra += ["--state-dir", str(state_dir)]
-            children.append(_spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir,
-                                   login(node)))
+            children.append(
+                _spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, login(node))
+            )
         # The simulator starts with the others (its data loading is start-up, not replay) and
         # waits by itself until every node it feeds is online.
         simulator_node = f"simulator{suffix}"
-        sim_args = [*common, *data_args, "--houses", str(args.houses), "--speed",
-                    "max" if args.speed is None else str(args.speed), "--node", simulator_node,
-                    "--wait-for", collector_node, *predictor_nodes.values(), "--recover-from", collector_node,
-                    "--run", run_id]
+        sim_args = [
+            *common,
+            *data_args,
+            "--houses",
+            str(args.houses),
+            "--speed",
+            "max" if args.speed is None else str(args.speed),
+            "--node",
+            simulator_node,
+            "--wait-for",
+            collector_node,
+            *predictor_nodes.values(),
+            "--recover-from",
+            collector_node,
+            "--run",
+            run_id,
+        ]
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
         if args.speed is None:
@@ -387,8 +443,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         try:
             simulator.proc.wait(30)
         except subprocess.TimeoutExpired:
-            raise RunError("the collector finished but the simulator was still replaying 30 s later "
-                           f"(an end of stream it did not send?): {simulator.tail(2)}") from None
+            raise RunError(
+                "the collector finished but the simulator was still replaying 30 s later "
+                f"(an end of stream it did not send?): {simulator.tail(2)}"
+            ) from None
         _stop(children)
         watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
         result = scores_from_store(store_path, args.models, args.houses, run_id)
@@ -411,8 +469,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             "broker": {"kind": broker_kind, "url": config.url},
             "store": str(store_path),
             "run": run_id,
-            "predictors": {m: {k: watcher.counter(n, k) for k in ("received", "forecasts", "duplicates", "malformed")}
-                           for m, n in predictor_nodes.items()},
+            "predictors": {
+                m: {k: watcher.counter(n, k) for k in ("received", "forecasts", "duplicates", "malformed")}
+                for m, n in predictor_nodes.items()
+            },
             # every node's last counters (peak RSS, start-up, messages), as its final status said
             "nodes": {n: dict(s.counters or {}) for n, s in sorted(watcher.statuses.items())},
         }
@@ -421,8 +481,12 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if args.report:
             from wattcast.report import build_report
 
-            out["report"] = [str(p) for p in build_report(store_path, Path(args.report),
-                                                          models_dir=Path(args.models_dir) if args.models_dir else None)]
+            out["report"] = [
+                str(p)
+                for p in build_report(
+                    store_path, Path(args.report), models_dir=Path(args.models_dir) if args.models_dir else None
+                )
+            ]
         return out
     finally:
         interrupt.restore()
@@ -456,8 +520,9 @@ def _viewer_env(broker, passwords: dict[str, str]) -> Path:
     from wattcast.credentials import password_env_var, write_private
 
     path = broker.workdir / "viewer.env"
-    write_private(path, f"MQTT_HOST={broker.host}\nMQTT_PORT={broker.port}\n"
-                         f"{password_env_var('viewer')}={passwords['viewer']}\n")
+    write_private(
+        path, f"MQTT_HOST={broker.host}\nMQTT_PORT={broker.port}\n{password_env_var('viewer')}={passwords['viewer']}\n"
+    )
     return path
 
 
@@ -493,19 +558,28 @@ def _clear_statuses(bus: MqttBus, nodes: list[str]) -> None:
 def format_table(result: dict[str, Any]) -> str:
     """The one summary of a run: per model, and what the counts mean."""
     houses = result.get("houses", 1)
-    lines = [f"scores over {houses} house(s), every forecast scored against the reading at its target minute "
-             "(issued + 5 min), kW²/kW:",
-             f"{'model':<16}{'n':>7}{'MSE':>9}{'RMSE':>9}{'MAE':>9}{'unmatched':>11}{'pending':>9}"]
+    lines = [
+        f"scores over {houses} house(s), every forecast scored against the reading at its target minute "
+        "(issued + 5 min), kW²/kW:",
+        f"{'model':<16}{'n':>7}{'MSE':>9}{'RMSE':>9}{'MAE':>9}{'unmatched':>11}{'pending':>9}",
+    ]
     for model, r in result["models"].items():
-        lines.append(f"{model:<16}{r.get('n', 0):>7}{r.get('mse', math.nan):>9.4f}{r.get('rmse', math.nan):>9.4f}"
-                     f"{r.get('mae', math.nan):>9.4f}{r.get('unmatched', 0):>11}{r.get('pending', 0):>9}")
-    lines.append("n = matched forecasts; unmatched = no reading at the target minute (a gap in the data); "
-                 "pending = target after the last reading (5 per house: normal)")
-    lines.append(f"published {result['published']} readings, collector received {result['received']} messages, "
-                 f"malformed {result['malformed']}, conflicts {result.get('conflicts', 0)}, "
-                 f"missing {'none' if not result.get('missing') else len(result['missing'])}")
-    lines.append(f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, "
-                 f"total {result['elapsed_s']:.1f} s")
+        lines.append(
+            f"{model:<16}{r.get('n', 0):>7}{r.get('mse', math.nan):>9.4f}{r.get('rmse', math.nan):>9.4f}"
+            f"{r.get('mae', math.nan):>9.4f}{r.get('unmatched', 0):>11}{r.get('pending', 0):>9}"
+        )
+    lines.append(
+        "n = matched forecasts; unmatched = no reading at the target minute (a gap in the data); "
+        "pending = target after the last reading (5 per house: normal)"
+    )
+    lines.append(
+        f"published {result['published']} readings, collector received {result['received']} messages, "
+        f"malformed {result['malformed']}, conflicts {result.get('conflicts', 0)}, "
+        f"missing {'none' if not result.get('missing') else len(result['missing'])}"
+    )
+    lines.append(
+        f"start-up {result['startup_s']:.1f} s, replay {result['replay_s']:.1f} s, total {result['elapsed_s']:.1f} s"
+    )
     lines.append(f"store: {result['store']}")
     if result.get("report"):
         files = result["report"]
@@ -541,8 +615,10 @@ def incomplete(result: dict[str, Any]) -> bool:
         shown = "; ".join(result["missing"][:8]) + (" ..." if len(result["missing"]) > 8 else "")
         problems.append(f"incomplete run: the store lacks what was published: {shown}")
     if result.get("conflicts"):
-        problems.append(f"{result['conflicts']} conflicting readings or forecasts (a second, different message "
-                        f"for a minute already scored; the first was kept): see the store's rejections")
+        problems.append(
+            f"{result['conflicts']} conflicting readings or forecasts (a second, different message "
+            f"for a minute already scored; the first was kept): see the store's rejections"
+        )
     for line in problems:
         print(f"wattcast: error: {line}", file=sys.stderr)
     return bool(problems)

@@ -145,8 +145,7 @@ class Scoreboard:
         known = self.actuals[house]
         if ts in known:
             if known[ts] != value:
-                raise Conflict(f"conflict: reading of {house} at ts {ts} says {value} kW, "
-                               f"{known[ts]} kW is already scored")
+                raise Conflict(f"conflict: reading of {house} at ts {ts} says {value} kW, {known[ts]} kW is already scored")
             self.duplicates += 1
             return None
         known[ts] = value
@@ -160,8 +159,10 @@ class Scoreboard:
         key = (f.house, f.model, f.issued_at)
         if key in self.seen:
             if self.seen[key] != f.value:
-                raise Conflict(f"conflict: forecast of {f.model} for {f.house} issued at {f.issued_at} says "
-                               f"{f.value} kW, {self.seen[key]} kW is already scored")
+                raise Conflict(
+                    f"conflict: forecast of {f.model} for {f.house} issued at {f.issued_at} says "
+                    f"{f.value} kW, {self.seen[key]} kW is already scored"
+                )
             self.duplicates += 1
             return False, None
         self.seen[key] = f.value
@@ -180,8 +181,10 @@ class Scoreboard:
         forecast, with no hole (-1: none): what a simulator need not send again."""
         if not self.reading_seqs:
             return -1
-        return min(min(prefix.last, *(self.forecast_seqs[(house, m)].last for m in models))
-                   for house, prefix in self.reading_seqs.items())
+        return min(
+            min(prefix.last, *(self.forecast_seqs[(house, m)].last for m in models))
+            for house, prefix in self.reading_seqs.items()
+        )
 
     def open_counts(self, house: str, model: str) -> tuple[int, int]:
         """(unmatched, pending): waiting forecasts whose target is already past / still ahead."""
@@ -199,5 +202,18 @@ class Scoreboard:
         s = self._score(house, model)
         unmatched, pending = self.open_counts(house, model)
         as_of = s.as_of or self.newest.get(house) or 631152000
-        return Metrics(house, model, as_of, s.n, s.mse, math.sqrt(s.mse), s.mae, len(s.window), s.rolling_mse,
-                       self.window_s, unmatched, pending, run=self.run)
+        return Metrics(
+            house,
+            model,
+            as_of,
+            s.n,
+            s.mse,
+            math.sqrt(s.mse),
+            s.mae,
+            len(s.window),
+            s.rolling_mse,
+            self.window_s,
+            unmatched,
+            pending,
+            run=self.run,
+        )

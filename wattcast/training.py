@@ -124,23 +124,33 @@ def train(name: str, split: Split, out_dir: Path, options: TrainOptions | None =
         scaler = {"kind": "minmax", "fit_on": "train", "data_min": lo.tolist(), "data_max": hi.tolist()}
         feats = (feats - lo) / np.where(hi > lo, hi - lo, 1.0)
     x, y = training_windows(feats, spec.seq_length, spec.horizon_steps)
-    opts.log(f"{name}: {len(x)} training windows {x.shape[1:]} from {len(split.train)} rows; units {units}, "
-             f"up to {epochs} epochs, seed {opts.seed}")
+    opts.log(
+        f"{name}: {len(x)} training windows {x.shape[1:]} from {len(split.train)} rows; units {units}, "
+        f"up to {epochs} epochs, seed {opts.seed}"
+    )
 
     model = build_model(spec, units)
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            opts.log(f"{name}: epoch {epoch + 1}/{epochs}  loss {logs.get('loss', float('nan')):.5f}  "
-                     f"val_loss {logs.get('val_loss', float('nan')):.5f}")
+            opts.log(
+                f"{name}: epoch {epoch + 1}/{epochs}  loss {logs.get('loss', float('nan')):.5f}  "
+                f"val_loss {logs.get('val_loss', float('nan')):.5f}"
+            )
 
     started = time.perf_counter()
     history = model.fit(
-        x, y, epochs=epochs, batch_size=spec.batch_size, validation_split=spec.validation_split, verbose=0,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=spec.batch_size,
+        validation_split=spec.validation_split,
+        verbose=0,
         callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=0, patience=spec.patience, mode="min",
-                                          restore_best_weights=True),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", min_delta=0, patience=spec.patience, mode="min", restore_best_weights=True
+            ),
             Progress(),
         ],
     )
@@ -167,16 +177,24 @@ def train(name: str, split: Split, out_dir: Path, options: TrainOptions | None =
         "architecture": {"lstm_units": list(units), "dropout": spec.dropout, "dense": 1, "parameters": net.parameters},
         "training": {
             **{k: v for k, v in asdict(spec).items() if k not in ("name", "features", "units", "scaled")},
-            "epochs": epochs, "optimizer": "adam", "loss": "mean_squared_error",
+            "epochs": epochs,
+            "optimizer": "adam",
+            "loss": "mean_squared_error",
             "early_stopping": {"monitor": "val_loss", "patience": spec.patience, "restore_best_weights": True},
-            "epochs_run": len(val_loss), "best_epoch": best_epoch, "windows": len(x),
-            "seed": opts.seed, "seconds": round(train_seconds, 1),
+            "epochs_run": len(val_loss),
+            "best_epoch": best_epoch,
+            "windows": len(x),
+            "seed": opts.seed,
+            "seconds": round(train_seconds, 1),
         },
         "data_window": split.info,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "versions": {
-            "wattcast": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__,
+            "wattcast": __version__,
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
         },
         "trained_at": now.isoformat(timespec="seconds"),
     }
@@ -186,8 +204,9 @@ def train(name: str, split: Split, out_dir: Path, options: TrainOptions | None =
     meta["validation"] = {**scores.to_dict(), "split": "validation", "targets": "every window whose target is in the split"}
     (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     plot_loss(meta, target / "loss.png")
-    opts.log(f"{name}: best epoch {best_epoch}/{len(val_loss)}, validation MSE {scores.mse:.4f} (n={scores.n}); "
-             f"wrote {target}")
+    opts.log(
+        f"{name}: best epoch {best_epoch}/{len(val_loss)}, validation MSE {scores.mse:.4f} (n={scores.n}); wrote {target}"
+    )
     return meta
 
 

@@ -20,8 +20,13 @@ from wattcast.contract import ALL_STATUS, MessageError, Metrics, Status, decode,
 from wattcast.live import LiveView
 
 
-def watch(broker: BrokerConfig, houses: list[str] | None = None, duration: float | None = None,
-          stream: TextIO | None = None, connect_timeout: float = 10.0) -> int:
+def watch(
+    broker: BrokerConfig,
+    houses: list[str] | None = None,
+    duration: float | None = None,
+    stream: TextIO | None = None,
+    connect_timeout: float = 10.0,
+) -> int:
     """Show the live table of ``broker``'s metrics; 0 when stopped (Ctrl-C or ``duration``).
 
     Raises ConnectionError (one line) if the broker cannot be reached.

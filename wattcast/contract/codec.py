@@ -99,6 +99,7 @@ def new_run_id(now: float | None = None) -> str:
 
 # ------------------------------------------------- other untrusted JSON (a predictor's state)
 
+
 def check_int(name: str, value: Any, lo: int = 0, hi: int = 2**53) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MessageError(f"{name} must be an integer, got {type(value).__name__}")

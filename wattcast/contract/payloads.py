@@ -68,8 +68,10 @@ KW = Meta(ge=READING_MIN, le=READING_MAX)
 #: a finite upper bound: 1e999 and larger literals are out of range, never infinity
 NON_NEGATIVE = Meta(ge=0.0, le=sys.float_info.max)
 
-RUN_DOC = Meta(description=f"the replay (run) this message belongs to, {ID_RULE}; a simulator makes one per replay "
-                           '(UTC start time and 6 random hex digits); absent: "default"')
+RUN_DOC = Meta(
+    description=f"the replay (run) this message belongs to, {ID_RULE}; a simulator makes one per replay "
+    '(UTC start time and 6 random hex digits); absent: "default"'
+)
 HOUSE_DOC = Meta(description=f"meter id, {ID_RULE}; equals the <house> level of the topic")
 NODE_DOC = Meta(description=f"node id, {ID_RULE}; equals the <node> level of the topic")
 Run = Annotated[str, ID, RUN_DOC]
@@ -122,18 +124,24 @@ class Reading(Payload, frozen=True, omit_defaults=True):
 
     house: House
     seq: Annotated[int, COUNT, D("position of the reading in this house's stream, from 0, +1 per reading")]
-    ts: Annotated[int, EVENT_TIME, D("event time of the reading: unix seconds of the meter's clock "
-                                     "(the data set's local time read as UTC)")]
+    ts: Annotated[
+        int,
+        EVENT_TIME,
+        D("event time of the reading: unix seconds of the meter's clock (the data set's local time read as UTC)"),
+    ]
     global_active_power: Annotated[float, KW, D("household global minute-averaged active power (kW)")]
     global_reactive_power: Annotated[float, KW, D("household global minute-averaged reactive power (kW)")]
     voltage: Annotated[float, KW, D("minute-averaged voltage (V)")]
     global_intensity: Annotated[float, KW, D("household global minute-averaged current intensity (A)")]
     sub_metering_1: Annotated[float, KW, D("energy sub-metering No. 1, kitchen (Wh of active energy)")]
     sub_metering_2: Annotated[float, KW, D("energy sub-metering No. 2, laundry room (Wh of active energy)")]
-    sub_metering_3: Annotated[float, KW, D("energy sub-metering No. 3, water heater and air conditioner "
-                                           "(Wh of active energy)")]
-    sent_at: Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds when the simulator published it "
-                                              "(optional; for latency)")] | None = None
+    sub_metering_3: Annotated[
+        float, KW, D("energy sub-metering No. 3, water heater and air conditioner (Wh of active energy)")
+    ]
+    sent_at: (
+        Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds when the simulator published it (optional; for latency)")]
+        | None
+    ) = None
     run: Run = DEFAULT_RUN
 
     @property
@@ -166,8 +174,9 @@ class Forecast(Payload, frozen=True, omit_defaults=True):
     issued_at: Annotated[int, EVENT_TIME, D("ts of that reading")]
     target_ts: Annotated[int, EVENT_TIME, D("event time the forecast is for (issued_at + 300)")]
     value: Annotated[float, KW, D("forecast global active power (kW)")]
-    reading_sent_at: Annotated[float, NON_NEGATIVE, D("sent_at of the reading it was issued after "
-                                                      "(optional; for latency)")] | None = None
+    reading_sent_at: (
+        Annotated[float, NON_NEGATIVE, D("sent_at of the reading it was issued after (optional; for latency)")] | None
+    ) = None
     run: Run = DEFAULT_RUN
 
     @property
@@ -186,8 +195,7 @@ class Metrics(Payload, frozen=True, omit_defaults=True):
     mse: Annotated[float, NON_NEGATIVE, D("mean squared error over the n matched forecasts (kW²)")]
     rmse: Annotated[float, NON_NEGATIVE, D("square root of mse (kW)")]
     mae: Annotated[float, NON_NEGATIVE, D("mean absolute error (kW)")]
-    rolling_n: Annotated[int, COUNT, D("matched forecasts whose target lies in the last window_s seconds "
-                                       "of event time")]
+    rolling_n: Annotated[int, COUNT, D("matched forecasts whose target lies in the last window_s seconds of event time")]
     rolling_mse: Annotated[float, NON_NEGATIVE, D("mean squared error over those (kW²)")]
     window_s: Annotated[int, COUNT, D("length of the rolling window (event-time seconds)")]
     unmatched: Annotated[int, COUNT, D("forecasts whose target lies inside the stream but has no reading")]
@@ -206,15 +214,25 @@ class Status(Payload, frozen=True, omit_defaults=True):
     node: Node
     state: Annotated[State, D("online or offline")]
     role: Annotated[str, ID, D("simulator, predictor or collector")]
-    ts: Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds of the status (optional; absent in a "
-                                         "last will)")] | None = None
-    counters: Annotated[
-        dict[Annotated[str, ID], Annotated[int, COUNT]],
-        Meta(max_length=32),
-        D("the node's counters (received, published, forecasts, malformed, ...), for monitoring (optional)"),
-    ] | None = None
-    model: Annotated[str, ID, D("the model a predictor runs (optional; predictors only): a node's "
-                                "identity is data, not a naming convention")] | None = None
+    ts: (
+        Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds of the status (optional; absent in a last will)")] | None
+    ) = None
+    counters: (
+        Annotated[
+            dict[Annotated[str, ID], Annotated[int, COUNT]],
+            Meta(max_length=32),
+            D("the node's counters (received, published, forecasts, malformed, ...), for monitoring (optional)"),
+        ]
+        | None
+    ) = None
+    model: (
+        Annotated[
+            str,
+            ID,
+            D("the model a predictor runs (optional; predictors only): a node's identity is data, not a naming convention"),
+        ]
+        | None
+    ) = None
 
     @property
     def topic(self) -> str:
@@ -231,12 +249,19 @@ class Progress(Payload, frozen=True, omit_defaults=True):
     node: Node
     house: Annotated[str, ID, D("house of the newest reading the node handled")]
     seq: Annotated[int, COUNT, D("sequence number of that reading")]
-    complete: Annotated[int, Meta(ge=-1, le=INT_MAX), D(
-        "the newest minute (seq) up to which the node holds every reading of the houses it has seen and "
-        "every model's forecast issued after them, with no hole; -1: none yet. After a broker restart the "
-        "simulator re-sends from the minute after it")] | None = None
-    houses: Annotated[int, COUNT, D("how many houses the node has seen readings of "
-                                    "(complete covers these)")] | None = None
+    complete: (
+        Annotated[
+            int,
+            Meta(ge=-1, le=INT_MAX),
+            D(
+                "the newest minute (seq) up to which the node holds every reading of the houses it has seen and "
+                "every model's forecast issued after them, with no hole; -1: none yet. After a broker restart the "
+                "simulator re-sends from the minute after it"
+            ),
+        ]
+        | None
+    ) = None
+    houses: Annotated[int, COUNT, D("how many houses the node has seen readings of (complete covers these)")] | None = None
     run: Run = DEFAULT_RUN
 
     @property

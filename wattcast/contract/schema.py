@@ -42,26 +42,73 @@ TOPICS = {
 #: what the decoder checks beyond the schema, per kind
 RULES = {
     "forecast": "target_ts must be later than issued_at (not expressible in JSON Schema; the reference decoder "
-                "rejects it). ",
+    "rejects it). ",
 }
-PAYLOAD = (f"Payload: a UTF-8 JSON object of at most {MAX_PAYLOAD_BYTES} bytes; integers are written without a "
-           "fraction or exponent; members not listed here may be added in later v1 versions and must be ignored "
-           "(additionalProperties is true).")
+PAYLOAD = (
+    f"Payload: a UTF-8 JSON object of at most {MAX_PAYLOAD_BYTES} bytes; integers are written without a "
+    "fraction or exponent; members not listed here may be added in later v1 versions and must be ignored "
+    "(additionalProperties is true)."
+)
 RUN = "20261202T150200Z-3fa9c1"
 EXAMPLES: dict[str, list[dict[str, Any]]] = {
-    "reading": [{"run": RUN, "house": "h000", "seq": 0, "ts": 1196680920, "global_active_power": 2.882,
-                 "global_reactive_power": 0.23, "voltage": 236.52, "global_intensity": 12.2, "sub_metering_1": 0.0,
-                 "sub_metering_2": 1.0, "sub_metering_3": 17.0, "sent_at": 1763700000.123}],
+    "reading": [
+        {
+            "run": RUN,
+            "house": "h000",
+            "seq": 0,
+            "ts": 1196680920,
+            "global_active_power": 2.882,
+            "global_reactive_power": 0.23,
+            "voltage": 236.52,
+            "global_intensity": 12.2,
+            "sub_metering_1": 0.0,
+            "sub_metering_2": 1.0,
+            "sub_metering_3": 17.0,
+            "sent_at": 1763700000.123,
+        }
+    ],
     "end": [{"run": RUN, "house": "h000", "readings": 4099, "last_seq": 4098, "last_ts": 1196926800}],
-    "forecast": [{"run": RUN, "house": "h000", "model": "lstm", "model_version": "lstm-20261121-3033ceafab", "seq": 0,
-                  "issued_at": 1196680920, "target_ts": 1196681220, "value": 1.8473,
-                  "reading_sent_at": 1763700000.123}],
-    "metrics": [{"run": RUN, "house": "h000", "model": "lstm", "as_of": 1196926800, "n": 4093, "mse": 0.3376,
-                 "rmse": 0.581, "mae": 0.2752, "rolling_n": 60, "rolling_mse": 0.0841, "window_s": 3600,
-                 "unmatched": 0, "pending": 5}],
-    "status": [{"node": "predictor-lstm", "state": "online", "role": "predictor", "ts": 1763700002.5,
-                "counters": {"received": 1200, "forecasts": 1199, "malformed": 0}, "model": "lstm"},
-               {"node": "collector", "state": "offline", "role": "collector"}],
+    "forecast": [
+        {
+            "run": RUN,
+            "house": "h000",
+            "model": "lstm",
+            "model_version": "lstm-20261121-3033ceafab",
+            "seq": 0,
+            "issued_at": 1196680920,
+            "target_ts": 1196681220,
+            "value": 1.8473,
+            "reading_sent_at": 1763700000.123,
+        }
+    ],
+    "metrics": [
+        {
+            "run": RUN,
+            "house": "h000",
+            "model": "lstm",
+            "as_of": 1196926800,
+            "n": 4093,
+            "mse": 0.3376,
+            "rmse": 0.581,
+            "mae": 0.2752,
+            "rolling_n": 60,
+            "rolling_mse": 0.0841,
+            "window_s": 3600,
+            "unmatched": 0,
+            "pending": 5,
+        }
+    ],
+    "status": [
+        {
+            "node": "predictor-lstm",
+            "state": "online",
+            "role": "predictor",
+            "ts": 1763700002.5,
+            "counters": {"received": 1200, "forecasts": 1199, "malformed": 0},
+            "model": "lstm",
+        },
+        {"node": "collector", "state": "offline", "role": "collector"},
+    ],
     "progress": [{"run": RUN, "node": "collector", "house": "h000", "seq": 4098, "complete": 4097, "houses": 1}],
 }
 
@@ -91,8 +138,11 @@ def render(kind: str) -> str:
 
 def differing(folder: Path = SCHEMA_DIR) -> list[str]:
     """The kinds whose committed schema file is not the generated one."""
-    return [kind for kind in KINDS
-            if not (folder / f"{kind}.json").exists() or (folder / f"{kind}.json").read_text() != render(kind)]
+    return [
+        kind
+        for kind in KINDS
+        if not (folder / f"{kind}.json").exists() or (folder / f"{kind}.json").read_text() != render(kind)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stale = differing()
     if stale:
-        print(f"wattcast: error: generated schemas differ from wattcast/schemas/: {', '.join(stale)} "
-              "(python -m wattcast.contract.schema --write)", file=sys.stderr)
+        print(
+            f"wattcast: error: generated schemas differ from wattcast/schemas/: {', '.join(stale)} "
+            "(python -m wattcast.contract.schema --write)",
+            file=sys.stderr,
+        )
         return 1
     print("schemas up to date")
     return 0

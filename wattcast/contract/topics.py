@@ -1,11 +1,11 @@
 """The topic tree of wattcast (``v1`` is the payload schema version)::
 
-    wattcast/v1/<house>/reading             Reading        simulator -> all
-    wattcast/v1/<house>/end                 EndOfStream    simulator -> all
-    wattcast/v1/<house>/forecast/<model>    Forecast       predictor -> collector, viewers
-    wattcast/v1/<house>/metrics/<model>     Metrics        collector -> viewers
-    wattcast/v1/status/<node>               Status         every node (retained, last will)
-    wattcast/v1/progress/<node>             Progress       collector -> simulator (flow control)
+wattcast/v1/<house>/reading             Reading        simulator -> all
+wattcast/v1/<house>/end                 EndOfStream    simulator -> all
+wattcast/v1/<house>/forecast/<model>    Forecast       predictor -> collector, viewers
+wattcast/v1/<house>/metrics/<model>     Metrics        collector -> viewers
+wattcast/v1/status/<node>               Status         every node (retained, last will)
+wattcast/v1/progress/<node>             Progress       collector -> simulator (flow control)
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from wattcast.forecasters.base import Forecaster, ScalarModel
 
 
 class LinearForecaster(Forecaster):
-
     model: LinearModel
 
     def __init__(self, model: LinearModel) -> None:

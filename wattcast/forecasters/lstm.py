@@ -81,8 +81,13 @@ class LstmNet:
             xw = np.ascontiguousarray((seq @ kernel + bias).transpose(1, 0, 2))
             out = np.empty((steps, batch, units), np.float32) if n < last else None
             z = np.empty((batch, 4 * units), np.float32)
-            sig, i, f, o, g = (z[:, : 3 * units], z[:, :units], z[:, units : 2 * units],
-                               z[:, 2 * units : 3 * units], z[:, 3 * units :])
+            sig, i, f, o, g = (
+                z[:, : 3 * units],
+                z[:, :units],
+                z[:, units : 2 * units],
+                z[:, 2 * units : 3 * units],
+                z[:, 3 * units :],
+            )
             h = np.zeros((batch, units), np.float32)
             c = np.zeros((batch, units), np.float32)
             tmp = np.empty((batch, units), np.float32)

@@ -40,8 +40,18 @@ from wattcast.report.plots import DPI, FIGURES
 from wattcast.report.render import render_html, render_markdown, verdict
 from wattcast.store import RunReader
 
-__all__ = ["DPI", "FIGURES", "ReportData", "Row", "build_report", "list_runs", "load_report_data", "render_html",
-           "render_markdown", "verdict"]
+__all__ = [
+    "DPI",
+    "FIGURES",
+    "ReportData",
+    "Row",
+    "build_report",
+    "list_runs",
+    "load_report_data",
+    "render_html",
+    "render_markdown",
+    "verdict",
+]
 
 
 def build_report(db: Path, out: Path, models_dir: Path | None = None, run: str | None = None) -> list[Path]:

@@ -72,9 +72,12 @@ class ReportData:
 def list_runs(db: Path) -> list[str]:
     """One line per run of the store, oldest first: id, readings, scored or not (ValueError if not a store)."""
     with RunReader(db) as reader:
-        return [f"{r['run']}  {r['readings']:>9,} readings  "
-                f"{'scored ' + _when_wall(r['finished_at']) if r['finished_at'] else 'not scored (yet)'}"
-                + ("  (newest)" if r["run"] == reader.run else "") for r in reader.runs()]
+        return [
+            f"{r['run']}  {r['readings']:>9,} readings  "
+            f"{'scored ' + _when_wall(r['finished_at']) if r['finished_at'] else 'not scored (yet)'}"
+            + ("  (newest)" if r["run"] == reader.run else "")
+            for r in reader.runs()
+        ]
 
 
 def _when_wall(t: float) -> str:
@@ -82,10 +85,10 @@ def _when_wall(t: float) -> str:
 
 
 def _node_model(node: str) -> str | None:
-    """"predictor-<model>" or "predictor-<model>-<pid>" -> model (careful: lstm is a prefix of lstm-augmented)."""
+    """ "predictor-<model>" or "predictor-<model>-<pid>" -> model (careful: lstm is a prefix of lstm-augmented)."""
     if not node.startswith("predictor-"):
         return None
-    rest = node[len("predictor-"):]
+    rest = node[len("predictor-") :]
     if rest in MODELS:
         return rest
     m = re.fullmatch(r"(.+)-\d+", rest)
@@ -106,8 +109,18 @@ def _rows_from_scoring(reader: RunReader, window_s: int) -> list[Row]:
     rows = []
     for house, model in sorted(keys):
         m = board.metrics(house, model_name(model))
-        rows.append(Row(house, model, m.n, m.mse if m.n else None, m.rmse if m.n else None, m.mae if m.n else None,
-                        m.unmatched, m.pending))
+        rows.append(
+            Row(
+                house,
+                model,
+                m.n,
+                m.mse if m.n else None,
+                m.rmse if m.n else None,
+                m.mae if m.n else None,
+                m.unmatched,
+                m.pending,
+            )
+        )
     return rows
 
 
@@ -156,15 +169,19 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
         window_s = int(collector_meta.get("window_s") or 3600)
         notes: list[str] = []
 
-        summary = [Row(h, m, n, mse if n else None, rmse if n else None, mae if n else None, u, p)
-                   for h, m, n, mse, rmse, mae, u, p in reader.summary()]
+        summary = [
+            Row(h, m, n, mse if n else None, rmse if n else None, mae if n else None, u, p)
+            for h, m, n, mse, rmse, mae, u, p in reader.summary()
+        ]
         from_summary = bool(summary)
         rows = summary if from_summary else _rows_from_scoring(reader, window_s)
         if not rows:
             raise ValueError(f"{db} holds no forecasts of run {run}: nothing to report (did the run start?)")
         if not from_summary:
-            notes.append("The store has no summary (the run had not finished): scores come from the matches table; "
-                         "'unmatched' counts forecasts without a reading whose target is not after the newest reading.")
+            notes.append(
+                "The store has no summary (the run had not finished): scores come from the matches table; "
+                "'unmatched' counts forecasts without a reading whose target is not after the newest reading."
+            )
 
         models = _model_order({r.model for r in rows}, list(collector_meta.get("models") or []))
         houses = sorted({r.house for r in rows})
@@ -214,10 +231,12 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
             cost.startup_ms = c.get("startup_ms") if isinstance(c.get("startup_ms"), int) else None
         no_node = [m for m in models if costs[m].node is None]
         if no_node:
-            notes.append(f"No predictor node status in the store for {', '.join(no_node)}: "
-                         "node memory and start-up are n/a.")
-        no_counter = [m for m in models
-                      if costs[m].node is not None and (costs[m].rss_kb is None or costs[m].startup_ms is None)]
+            notes.append(
+                f"No predictor node status in the store for {', '.join(no_node)}: node memory and start-up are n/a."
+            )
+        no_counter = [
+            m for m in models if costs[m].node is not None and (costs[m].rss_kb is None or costs[m].startup_ms is None)
+        ]
         if no_counter:
             notes.append(f"The node status of {', '.join(no_counter)} has no rss_kb / startup_ms counter: shown as n/a.")
 
@@ -228,26 +247,36 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
             cost = costs[model]
             run_version = cost.versions[-1] if cost.versions else None
             if len(cost.versions) > 1:
-                notes.append(f"{model}: the store holds forecasts of {len(cost.versions)} versions "
-                             f"({', '.join(cost.versions)}); facts refer to the newest, {run_version}.")
+                notes.append(
+                    f"{model}: the store holds forecasts of {len(cost.versions)} versions "
+                    f"({', '.join(cost.versions)}); facts refer to the newest, {run_version}."
+                )
             if model in LSTM_MODELS:
                 try:
                     m = load_model(model, models_dir)
                 except (ArtifactError, OSError, ValueError, KeyError) as exc:
-                    notes.append(f"{model}: no usable artifact in {models_dir} ({str(exc).splitlines()[0]}); "
-                                 "size, parameters and loss curves are n/a.")
+                    notes.append(
+                        f"{model}: no usable artifact in {models_dir} ({str(exc).splitlines()[0]}); "
+                        "size, parameters and loss curves are n/a."
+                    )
                     continue
                 if run_version is not None and m.version != run_version:
-                    notes.append(f"{model}: the artifact in {models_dir / model} is version {m.version}, but the run "
-                                 f"forecast with {run_version}; size, parameters and loss curves are n/a.")
+                    notes.append(
+                        f"{model}: the artifact in {models_dir / model} is version {m.version}, but the run "
+                        f"forecast with {run_version}; size, parameters and loss curves are n/a."
+                    )
                     continue
                 d = m.describe()
                 md = getattr(m, "metadata", {}) or {}
                 history = md.get("history") or {}
                 if history.get("loss"):
-                    loss[model] = {"history": history, "version": m.version,
-                                   "best_epoch": (md.get("training") or {}).get("best_epoch"),
-                                   "scaled": bool(md.get("scaler")), "features": md.get("features")}
+                    loss[model] = {
+                        "history": history,
+                        "version": m.version,
+                        "best_epoch": (md.get("training") or {}).get("best_epoch"),
+                        "scaled": bool(md.get("scaler")),
+                        "features": md.get("features"),
+                    }
                 else:
                     notes.append(f"{model}: the artifact's metadata has no training history: no loss curve.")
             else:
@@ -274,9 +303,19 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
             "collector_rss_kb": collector_counters.get("rss_kb"),
             "started_at": collector_meta.get("started_at"),
         }
-        return ReportData(db, models, houses, plot_house, window_s, aggregate, per_house if len(houses) > 1 else [],
-                          costs, loss, facts, notes, from_summary)
+        return ReportData(
+            db,
+            models,
+            houses,
+            plot_house,
+            window_s,
+            aggregate,
+            per_house if len(houses) > 1 else [],
+            costs,
+            loss,
+            facts,
+            notes,
+            from_summary,
+        )
     finally:
         reader.close()
-
-

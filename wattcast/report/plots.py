@@ -24,6 +24,7 @@ FIGURES: dict[str, tuple[float, float]] = {
 CLOSE_UP_MINUTES = 500
 COLORS = {"lstm": "tab:blue", "lstm-augmented": "tab:purple", "linear": "tab:orange", "persistence": "tab:green"}
 
+
 def figure(name: str):
     from matplotlib.figure import Figure
 
@@ -66,8 +67,14 @@ def plot_predicted(reader: RunReader, data: ReportData, out: Path, name: str, la
             p = p[(p[:, 0] >= lo) & (p[:, 0] <= hi + 300)]
         width = 0.6 if last_minutes is None else 1.0
         ax.plot(dt(a[:, 0]), a[:, 1], color="0.35", lw=width, label="actual")
-        ax.plot(dt(p[:, 0]), p[:, 1], color=COLORS.get(model, "tab:red"), lw=width, alpha=0.85,
-                label=f"{model} forecast (5 min ahead)")
+        ax.plot(
+            dt(p[:, 0]),
+            p[:, 1],
+            color=COLORS.get(model, "tab:red"),
+            lw=width,
+            alpha=0.85,
+            label=f"{model} forecast (5 min ahead)",
+        )
         ax.set_ylabel("GAP (kW)")
         ax.set_title(model, loc="left", fontsize=10)
         ax.legend(loc="upper right", fontsize=8)
@@ -88,8 +95,9 @@ def plot_rolling(reader: RunReader, data: ReportData, out: Path) -> Path:
         if m is None or not len(m):
             continue
         r = rolling_mse(m[:, 0], m[:, 1], data.window_s)
-        ax.plot(dt(m[:, 0]), r, color=COLORS.get(model), lw=1.2,
-                label=f"{model} (cumulative MSE {np.mean(m[:, 1] ** 2):.4f})")
+        ax.plot(
+            dt(m[:, 0]), r, color=COLORS.get(model), lw=1.2, label=f"{model} (cumulative MSE {np.mean(m[:, 1] ** 2):.4f})"
+        )
     ax.set_ylabel("rolling MSE (kW²)")
     ax.set_xlabel("meter time (target of the forecast)")
     ax.set_title(f"Rolling MSE over {data.window_s // 60} minutes of event time, house {data.plot_house}")
@@ -118,12 +126,16 @@ def plot_errors(reader: RunReader, data: ReportData, out: Path) -> Path:
             ax.hist(np.clip(e, lo, hi), bins=bins, color=COLORS.get(model), alpha=0.8)
             ax.axvline(0.0, color="0.2", lw=0.8)
             ax.axvline(float(e.mean()), color="k", lw=1, ls="--", label=f"mean {e.mean():+.3f} kW")
-            ax.legend(fontsize=8, loc="upper right", title=f"n {e.size}, MAE {np.abs(e).mean():.3f} kW"
-                      + (f", {outside} clipped" if outside else ""), title_fontsize=8)
+            ax.legend(
+                fontsize=8,
+                loc="upper right",
+                title=f"n {e.size}, MAE {np.abs(e).mean():.3f} kW" + (f", {outside} clipped" if outside else ""),
+                title_fontsize=8,
+            )
         ax.set_title(model, loc="left", fontsize=10)
         ax.set_ylabel("matched forecasts")
         ax.grid(alpha=0.3)
-    for ax in axes[len(data.models):]:
+    for ax in axes[len(data.models) :]:
         ax.set_visible(False)
     for ax in axes[-ncols:]:
         ax.set_xlabel("forecast − actual (kW)")
@@ -170,8 +182,14 @@ def plot_cost(data: ReportData, out: Path) -> Path:
             ax1.scatter([cost.parameters], [row.mse], s=60, color=color, label=model)
             ax1.annotate(model, (cost.parameters, row.mse), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if cost.latency_p50_ms is not None:
-            ax2.errorbar([cost.latency_p50_ms], [row.mse], fmt="o", color=color, label=model,
-                         xerr=[[0], [max(0.0, (cost.latency_p99_ms or cost.latency_p50_ms) - cost.latency_p50_ms)]])
+            ax2.errorbar(
+                [cost.latency_p50_ms],
+                [row.mse],
+                fmt="o",
+                color=color,
+                label=model,
+                xerr=[[0], [max(0.0, (cost.latency_p99_ms or cost.latency_p50_ms) - cost.latency_p50_ms)]],
+            )
             ax2.annotate(model, (cost.latency_p50_ms, row.mse), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax1.set_xscale("symlog", linthresh=1)
     ax1.set_xlabel("parameters (symlog)")
@@ -184,5 +202,3 @@ def plot_cost(data: ReportData, out: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("Accuracy and cost of each model, as measured in the run")
     return save(fig, out, name)
-
-

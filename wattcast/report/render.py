@@ -75,8 +75,11 @@ def _raw(value: Any) -> str:
 def _cost_key(data: ReportData, model: str) -> tuple[float, float, float]:
     c = data.costs[model]
     inf = math.inf
-    return (c.parameters if c.parameters is not None else inf, c.size_bytes if c.size_bytes is not None else inf,
-            c.latency_p50_ms if c.latency_p50_ms is not None else inf)
+    return (
+        c.parameters if c.parameters is not None else inf,
+        c.size_bytes if c.size_bytes is not None else inf,
+        c.latency_p50_ms if c.latency_p50_ms is not None else inf,
+    )
 
 
 def verdict(data: ReportData) -> list[str]:
@@ -92,36 +95,52 @@ def verdict(data: ReportData) -> list[str]:
 
     def cost_text(model: str) -> str:
         c = data.costs[model]
-        parts = [f"{fmt(c.parameters, 'int')} parameters", f"{fmt(c.size_bytes, 'bytes')} on disk",
-                 f"p50 latency {fmt(c.latency_p50_ms, 'f1')} ms"]
+        parts = [
+            f"{fmt(c.parameters, 'int')} parameters",
+            f"{fmt(c.size_bytes, 'bytes')} on disk",
+            f"p50 latency {fmt(c.latency_p50_ms, 'f1')} ms",
+        ]
         if c.rss_kb is not None:
             parts.append(f"{fmt(c.rss_kb, 'kb')} RSS")
         return ", ".join(parts)
 
-    lines = [f"Most accurate ({where}): **{best.model}**, MSE {mse[best.model]:.4f} kW²"
-             + (f", skill {best.skill:+.3f} against persistence" if best.skill is not None and best.model != "persistence"
-                else "")
-             + f"; {cost_text(best.model)}."]
+    lines = [
+        f"Most accurate ({where}): **{best.model}**, MSE {mse[best.model]:.4f} kW²"
+        + (
+            f", skill {best.skill:+.3f} against persistence"
+            if best.skill is not None and best.model != "persistence"
+            else ""
+        )
+        + f"; {cost_text(best.model)}."
+    ]
     if cheap.model == best.model:
         others = [r.model for r in near if r.model != best.model]
-        lines.append(f"It is also the cheapest model within {NEAR_BEST:.0%} of the best MSE"
-                     + (f" (also within: {', '.join(others)})" if others else "") + ".")
+        lines.append(
+            f"It is also the cheapest model within {NEAR_BEST:.0%} of the best MSE"
+            + (f" (also within: {', '.join(others)})" if others else "")
+            + "."
+        )
     else:
-        lines.append(f"Cheapest model within {NEAR_BEST:.0%} of the best MSE: **{cheap.model}**, "
-                     f"MSE {mse[cheap.model]:.4f} kW² ({(mse[cheap.model] / mse[best.model] - 1):+.1%} against the "
-                     f"best); {cost_text(cheap.model)}.")
+        lines.append(
+            f"Cheapest model within {NEAR_BEST:.0%} of the best MSE: **{cheap.model}**, "
+            f"MSE {mse[cheap.model]:.4f} kW² ({(mse[cheap.model] / mse[best.model] - 1):+.1%} against the "
+            f"best); {cost_text(cheap.model)}."
+        )
     winners = [r for r in scored if r.skill is not None and r.skill > 0]
     if winners:
         w = min(winners, key=lambda r: _cost_key(data, r.model))
         if w.model not in (best.model, cheap.model):
-            lines.append(f"Cheapest model that beats persistence: **{w.model}**, skill {w.skill:+.3f}; "
-                         f"{cost_text(w.model)}.")
+            lines.append(
+                f"Cheapest model that beats persistence: **{w.model}**, skill {w.skill:+.3f}; {cost_text(w.model)}."
+            )
     losers = [r.model for r in scored if r.skill is not None and r.skill <= 0 and r.model != "persistence"]
     if losers:
         lines.append(f"Not better than persistence (the newest reading as the forecast): {', '.join(losers)}.")
-    lines.append(f"Suggested for an IoT device predicting 5 minutes ahead: **{cheap.model}**: it is the cheapest model "
-                 f"whose MSE is within {NEAR_BEST:.0%} of the best one in this run; a more expensive model would have to "
-                 f"earn its memory, flash and compute with more accuracy than that.")
+    lines.append(
+        f"Suggested for an IoT device predicting 5 minutes ahead: **{cheap.model}**: it is the cheapest model "
+        f"whose MSE is within {NEAR_BEST:.0%} of the best one in this run; a more expensive model would have to "
+        f"earn its memory, flash and compute with more accuracy than that."
+    )
     few = min(r.n for r in scored)
     if few < FEW_MATCHES:
         lines.append(f"Caution: only {few} matched forecasts for some model; over a longer replay the ranking may change.")
@@ -147,13 +166,18 @@ def _html_table(data: ReportData, table_id: str, rows: list[Row], with_cost: boo
     heads = (["house"] if with_house else []) + ["model"] + [h for _, h, _ in ACCURACY_COLUMNS]
     if with_cost:
         heads += [h for _, h, _ in COST_COLUMNS]
-    out = [f'<table id="{table_id}">', f"<caption>{html.escape(caption)}</caption>",
-           "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr></thead>", "<tbody>"]
+    out = [
+        f'<table id="{table_id}">',
+        f"<caption>{html.escape(caption)}</caption>",
+        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr></thead>",
+        "<tbody>",
+    ]
     for house, model, cells in _table_rows(data, rows, with_cost):
-        tds = ([f'<td class="key">{html.escape(house)}</td>'] if with_house else [])
+        tds = [f'<td class="key">{html.escape(house)}</td>'] if with_house else []
         tds.append(f'<td class="key">{html.escape(model)}</td>')
-        tds += [f'<td data-col="{k}" data-value="{html.escape(_raw(raw))}">{html.escape(text)}</td>'
-                for k, raw, text in cells]
+        tds += [
+            f'<td data-col="{k}" data-value="{html.escape(_raw(raw))}">{html.escape(text)}</td>' for k, raw, text in cells
+        ]
         out.append(f'<tr data-house="{html.escape(house)}" data-model="{html.escape(model)}">' + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -180,16 +204,22 @@ def _facts(data: ReportData) -> list[str]:
     others = len(f.get("runs", [])) - 1
     lines = [
         f"Store: {f['db']}, run {f['run']}"
-        + (f" (the store holds {others} other run{'s' if others > 1 else ''}: `wattcast report --run`)"
-           if others > 0 else ""),
+        + (
+            f" (the store holds {others} other run{'s' if others > 1 else ''}: `wattcast report --run`)"
+            if others > 0
+            else ""
+        ),
         f"{f['houses']} house(s), {f['readings']} readings from {_when(f['first_ts'])} to {_when(f['last_ts'])} "
         f"(meter time), {f['forecasts']} forecasts, {f['matches']} matched, {f['rejections']} rejected messages.",
         f"Models: {', '.join(data.models)}. Rolling window {data.window_s // 60} minutes of event time; "
         f"forecast horizon 5 minutes.",
     ]
     if c.get("lag_ms_p50") is not None:
-        lines.append(f"Collector: bus lag p50 {c['lag_ms_p50']:.1f} ms, p99 {c['lag_ms_p99']:.1f} ms"
-                     + (f", memory {fmt(f['collector_rss_kb'], 'kb')}" if f.get("collector_rss_kb") else "") + ".")
+        lines.append(
+            f"Collector: bus lag p50 {c['lag_ms_p50']:.1f} ms, p99 {c['lag_ms_p99']:.1f} ms"
+            + (f", memory {fmt(f['collector_rss_kb'], 'kb')}" if f.get("collector_rss_kb") else "")
+            + "."
+        )
     if data.from_summary:
         lines.append("Scores: the collector's end-of-stream summary.")
     return lines
@@ -227,66 +257,100 @@ def _captions(data: ReportData) -> dict[str, str]:
     house = f"house {data.plot_house}" + (f" (one of {len(data.houses)}; the tables hold all)" if many else "")
     return {
         "predicted_vs_actual.png": f"Forecast (5 minutes ahead, drawn at its target time) against the actual reading, "
-                                   f"{house}, whole replay.",
+        f"{house}, whole replay.",
         "predicted_vs_actual_last500.png": f"The same, last {CLOSE_UP_MINUTES} minutes, as in the course notebook.",
         "rolling_mse.png": f"Rolling MSE over {data.window_s // 60} minutes of event time, every model, {house}.",
         "error_distribution.png": "Distribution of forecast − actual per model"
-                                  + (f", all {len(data.houses)} houses." if many else "."),
+        + (f", all {len(data.houses)} houses." if many else "."),
         "loss_curves.png": "Training and validation loss per epoch of the LSTM models (artifact metadata).",
         "accuracy_vs_cost.png": "MSE against parameters and against measured latency: the cheap, accurate corner "
-                                "is lower left.",
+        "is lower left.",
     }
 
 
 def render_html(data: ReportData, images: list[Path]) -> str:
     captions = _captions(data)
-    where = (f"pooled over {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}")
+    where = f"pooled over {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}"
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        "<title>wattcast report</title>", f"<style>{CSS}</style></head><body>",
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>wattcast report</title>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>wattcast report: which model would you put on an IoT device?</h1>",
         "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in _facts(data)) + "</ul>",
         '<h2 id="verdict">Which model for an IoT device?</h2>',
         '<div class="verdict">' + "".join(f"<p>{_md_inline(x)}</p>" for x in verdict(data)) + "</div>",
         "<h2>Accuracy and cost</h2>",
-        _html_table(data, "summary", data.aggregate, with_cost=True, with_house=False,
-                    caption=f"Per model, {where}; cost as measured in the run"),
+        _html_table(
+            data,
+            "summary",
+            data.aggregate,
+            with_cost=True,
+            with_house=False,
+            caption=f"Per model, {where}; cost as measured in the run",
+        ),
     ]
     if data.per_house:
         rows = data.aggregate + data.per_house
-        parts += ["<h2>Per house</h2>",
-                  _html_table(data, "per-house", rows, with_cost=False, with_house=True,
-                              caption=f"Aggregate ({ALL}) first, then each of the {len(data.houses)} houses")]
+        parts += [
+            "<h2>Per house</h2>",
+            _html_table(
+                data,
+                "per-house",
+                rows,
+                with_cost=False,
+                with_house=True,
+                caption=f"Aggregate ({ALL}) first, then each of the {len(data.houses)} houses",
+            ),
+        ]
     if data.notes:
-        parts += ["<h2>Notes</h2>", '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
-                  + "</ul>"]
+        parts += [
+            "<h2>Notes</h2>",
+            '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in data.notes) + "</ul>",
+        ]
     parts.append("<h2>Plots</h2>")
     for img in images:
         b64 = base64.b64encode(img.read_bytes()).decode("ascii")
         cap = captions.get(img.name, img.name)
-        parts.append(f'<figure id="{html.escape(img.stem)}"><img alt="{html.escape(cap)}" '
-                     f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(cap)}</figcaption></figure>')
-    parts += ["<h2>How the numbers are measured</h2>",
-              "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in DEFINITIONS) + "</ul>",
-              f"<p><small>Generated by wattcast from {html.escape(str(data.db))} at "
-              f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.</small></p>",
-              "</body></html>"]
+        parts.append(
+            f'<figure id="{html.escape(img.stem)}"><img alt="{html.escape(cap)}" '
+            f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        )
+    parts += [
+        "<h2>How the numbers are measured</h2>",
+        "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in DEFINITIONS) + "</ul>",
+        f"<p><small>Generated by wattcast from {html.escape(str(data.db))} at "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.</small></p>",
+        "</body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 
 def render_markdown(data: ReportData, images: list[Path]) -> str:
     captions = _captions(data)
-    where = (f"pooled over {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}")
+    where = f"pooled over {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}"
     lines = ["# wattcast report: which model would you put on an IoT device?", ""]
     lines += [f"- {x}" for x in _facts(data)]
     lines += ["", "## Which model for an IoT device?", ""]
     for x in verdict(data):
         lines += [x, ""]
-    lines += ["## Accuracy and cost", "", f"Per model, {where}; cost as measured in the run.", "",
-              _md_table(data, data.aggregate, with_cost=True, with_house=False), ""]
+    lines += [
+        "## Accuracy and cost",
+        "",
+        f"Per model, {where}; cost as measured in the run.",
+        "",
+        _md_table(data, data.aggregate, with_cost=True, with_house=False),
+        "",
+    ]
     if data.per_house:
-        lines += ["## Per house", "", f"Aggregate ({ALL}) first, then each of the {len(data.houses)} houses.", "",
-                  _md_table(data, data.aggregate + data.per_house, with_cost=False, with_house=True), ""]
+        lines += [
+            "## Per house",
+            "",
+            f"Aggregate ({ALL}) first, then each of the {len(data.houses)} houses.",
+            "",
+            _md_table(data, data.aggregate + data.per_house, with_cost=False, with_house=True),
+            "",
+        ]
     if data.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in data.notes] + [""]
     lines += ["## Plots", ""]
@@ -294,5 +358,3 @@ def render_markdown(data: ReportData, images: list[Path]) -> str:
         lines += [f"![{captions.get(img.name, img.name)}]({img.name})", "", f"*{captions.get(img.name, img.name)}*", ""]
     lines += ["## How the numbers are measured", ""] + [f"- {d}" for d in DEFINITIONS] + [""]
     return "\n".join(lines)
-
-

@@ -13,6 +13,16 @@ from wattcast.store.schema import LAYOUT, RUN_TABLES, SCHEMA, StoreError, check_
 from wattcast.store.writer import Store
 
 __all__ = [
-    "LAYOUT", "RUN_TABLES", "SCHEMA", "RunReader", "Store", "StoreError", "check_layout", "open_readonly", "run_stats",
-    "runs", "select_run", "view_run",
+    "LAYOUT",
+    "RUN_TABLES",
+    "SCHEMA",
+    "RunReader",
+    "Store",
+    "StoreError",
+    "check_layout",
+    "open_readonly",
+    "run_stats",
+    "runs",
+    "select_run",
+    "view_run",
 ]

@@ -32,8 +32,10 @@ def select_run(db: sqlite3.Connection, run: str | None = None) -> str:
 def runs(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every run of the store, oldest first: run, first_seen, finished_at, readings."""
     counts = dict(db.execute("SELECT run, COUNT(*) FROM main.readings GROUP BY run"))
-    return [{"run": r, "first_seen": first, "finished_at": fin, "readings": counts.get(r, 0)} for r, first, fin
-            in db.execute("SELECT run, first_seen, finished_at FROM main.runs ORDER BY first_seen, run")]
+    return [
+        {"run": r, "first_seen": first, "finished_at": fin, "readings": counts.get(r, 0)}
+        for r, first, fin in db.execute("SELECT run, first_seen, finished_at FROM main.runs ORDER BY first_seen, run")
+    ]
 
 
 def run_stats(db: sqlite3.Connection, run: str) -> dict[str, Any]:
@@ -124,8 +126,9 @@ class RunReader:
 
     def summary(self) -> list[tuple[str, str, int, float, float, float, int, int]]:
         """(house, model, n, mse, rmse, mae, unmatched, pending) the collector wrote when the run ended."""
-        return self.con.execute("SELECT house, model, n, mse, rmse, mae, unmatched, pending FROM summary "
-                                "ORDER BY house, model").fetchall()
+        return self.con.execute(
+            "SELECT house, model, n, mse, rmse, mae, unmatched, pending FROM summary ORDER BY house, model"
+        ).fetchall()
 
     def readings(self) -> list[tuple[str, int, int, float]]:
         """(house, ts, seq, global_active_power) of every reading."""
@@ -133,24 +136,28 @@ class RunReader:
 
     def forecasts(self) -> list[tuple[str, str, int, int, float]]:
         """(house, model, issued_at, target_ts, value) of every forecast."""
-        return self.con.execute("SELECT house, model, issued_at, target_ts, value FROM forecasts "
-                                "ORDER BY house, model, issued_at").fetchall()
+        return self.con.execute(
+            "SELECT house, model, issued_at, target_ts, value FROM forecasts ORDER BY house, model, issued_at"
+        ).fetchall()
 
     def model_versions(self) -> list[tuple[str, str]]:
         """(model, model_version) pairs, the version forecast with last at the end."""
-        return self.con.execute("SELECT model, model_version FROM forecasts GROUP BY model, model_version "
-                                "ORDER BY MAX(received_at)").fetchall()
+        return self.con.execute(
+            "SELECT model, model_version FROM forecasts GROUP BY model, model_version ORDER BY MAX(received_at)"
+        ).fetchall()
 
     def latencies(self) -> list[tuple[str, float]]:
         """(model, seconds from the reading's publication to the forecast's storage) per forecast."""
-        return self.con.execute("SELECT model, received_at - reading_sent_at FROM forecasts "
-                                "WHERE reading_sent_at IS NOT NULL").fetchall()
+        return self.con.execute(
+            "SELECT model, received_at - reading_sent_at FROM forecasts WHERE reading_sent_at IS NOT NULL"
+        ).fetchall()
 
     def nodes(self) -> list[tuple[str, str, str, float | None, dict[str, Any], str | None]]:
         """(node, role, state, ts, counters, model) of every node's newest status, oldest first."""
         out = []
         for node, role, state, ts, counters, model in self.con.execute(
-                "SELECT node, role, state, ts, counters, model FROM nodes ORDER BY COALESCE(ts, 0)"):
+            "SELECT node, role, state, ts, counters, model FROM nodes ORDER BY COALESCE(ts, 0)"
+        ):
             try:
                 c = json.loads(counters or "{}")
             except ValueError:
@@ -159,8 +166,10 @@ class RunReader:
         return out
 
     def counts(self) -> dict[str, int]:
-        return {t: self.con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("readings", "forecasts", "matches", "rejections")}
+        return {
+            t: self.con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("readings", "forecasts", "matches", "rejections")
+        }
 
     def time_span(self) -> tuple[int | None, int | None]:
         """The first and the last reading's ts."""
@@ -168,11 +177,21 @@ class RunReader:
 
     def series(self, house: str, models: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(ts, kW) of the house's readings and (target_ts, kW) of each model's forecasts, as arrays."""
-        actual = np.array(self.con.execute("SELECT ts, global_active_power FROM readings WHERE house = ? ORDER BY ts",
-                                           (house,)).fetchall(), dtype=np.float64).reshape(-1, 2)
-        predicted = {model: np.array(self.con.execute(
-            "SELECT target_ts, value FROM forecasts WHERE house = ? AND model = ? ORDER BY target_ts",
-            (house, model)).fetchall(), dtype=np.float64).reshape(-1, 2) for model in models}
+        actual = np.array(
+            self.con.execute(
+                "SELECT ts, global_active_power FROM readings WHERE house = ? ORDER BY ts", (house,)
+            ).fetchall(),
+            dtype=np.float64,
+        ).reshape(-1, 2)
+        predicted = {
+            model: np.array(
+                self.con.execute(
+                    "SELECT target_ts, value FROM forecasts WHERE house = ? AND model = ? ORDER BY target_ts", (house, model)
+                ).fetchall(),
+                dtype=np.float64,
+            ).reshape(-1, 2)
+            for model in models
+        }
         return actual, predicted
 
     def errors(self, house: str | None = None) -> dict[str, np.ndarray]:
@@ -180,6 +199,7 @@ class RunReader:
         where, args = ("WHERE house = ?", (house,)) if house else ("", ())
         by_model: dict[str, list[tuple[int, float]]] = {}
         for model, ts, err in self.con.execute(
-                f"SELECT model, target_ts, error FROM matches {where} ORDER BY model, target_ts", args):
+            f"SELECT model, target_ts, error FROM matches {where} ORDER BY model, target_ts", args
+        ):
             by_model.setdefault(model, []).append((ts, err))
         return {m: np.array(v, dtype=np.float64).reshape(-1, 2) for m, v in by_model.items()}

@@ -80,5 +80,7 @@ def check_layout(db: sqlite3.Connection, path: Path | str) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "readings" in tables and version != LAYOUT:
-        raise StoreError(f"{path} was written by a wattcast {'before run ids' if version < LAYOUT else 'newer'} "
-                         f"(store layout {version}, this one reads {LAYOUT}): move it away or give another --store")
+        raise StoreError(
+            f"{path} was written by a wattcast {'before run ids' if version < LAYOUT else 'newer'} "
+            f"(store layout {version}, this one reads {LAYOUT}): move it away or give another --store"
+        )

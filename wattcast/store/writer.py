@@ -39,8 +39,7 @@ class Store:
             self._runs_known.add(run)
 
     def finish_run(self, run: str, stats: dict[str, Any]) -> None:
-        self.db.execute("UPDATE runs SET finished_at = ?, stats = ? WHERE run = ?",
-                        (time.time(), json.dumps(stats), run))
+        self.db.execute("UPDATE runs SET finished_at = ?, stats = ? WHERE run = ?", (time.time(), json.dumps(stats), run))
 
     def _note_runs(self, runs: set[str]) -> None:
         for run in runs - self._runs_known:
@@ -50,16 +49,17 @@ class Store:
         self._note_runs({r.run for r, _ in rows})
         self.db.executemany(
             f"INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, {', '.join('?' for _ in READING_FIELDS)}, ?, ?)",
-            [(r.run, r.house, r.ts, r.seq, *(getattr(r, f) for f in READING_FIELDS), r.sent_at, at)
-             for r, at in rows],
+            [(r.run, r.house, r.ts, r.seq, *(getattr(r, f) for f in READING_FIELDS), r.sent_at, at) for r, at in rows],
         )
 
     def add_forecasts(self, rows: list[tuple[Forecast, float]]) -> None:
         self._note_runs({f.run for f, _ in rows})
         self.db.executemany(
             "INSERT OR IGNORE INTO forecasts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(f.run, f.house, f.model, f.issued_at, f.model_version, f.seq, f.target_ts, f.value,
-              f.reading_sent_at, at) for f, at in rows],
+            [
+                (f.run, f.house, f.model, f.issued_at, f.model_version, f.seq, f.target_ts, f.value, f.reading_sent_at, at)
+                for f, at in rows
+            ],
         )
 
     def add_matches(self, run: str, matches: Iterable[Match]) -> None:
@@ -70,12 +70,16 @@ class Store:
 
     def add_end(self, end: EndOfStream, at: float) -> None:
         self._note_runs({end.run})
-        self.db.execute("INSERT OR REPLACE INTO ends VALUES (?, ?, ?, ?, ?, ?)",
-                        (end.run, end.house, end.readings, end.last_seq, end.last_ts, at))
+        self.db.execute(
+            "INSERT OR REPLACE INTO ends VALUES (?, ?, ?, ?, ?, ?)",
+            (end.run, end.house, end.readings, end.last_seq, end.last_ts, at),
+        )
 
     def add_rejection(self, topic: str, reason: str, payload: bytes, at: float, run: str | None = None) -> None:
-        self.db.execute("INSERT INTO rejections (received_at, topic, reason, payload_head, run) VALUES (?, ?, ?, ?, ?)",
-                        (at, topic[:256], reason[:500], bytes(payload[:256]), run))
+        self.db.execute(
+            "INSERT INTO rejections (received_at, topic, reason, payload_head, run) VALUES (?, ?, ?, ?, ?)",
+            (at, topic[:256], reason[:500], bytes(payload[:256]), run),
+        )
 
     def set_node(self, s: Status) -> None:
         """The node's newest status; a last will (no counters) keeps the counters stored before."""
@@ -83,7 +87,8 @@ class Store:
             "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET role = excluded.role, "
             "state = excluded.state, ts = excluded.ts, model = COALESCE(excluded.model, nodes.model), "
             "counters = CASE WHEN ? THEN excluded.counters ELSE nodes.counters END",
-            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model, s.counters is not None))
+            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model, s.counters is not None),
+        )
 
     def set_summary(self, metrics: Iterable[Metrics]) -> None:
         self.db.executemany(
@@ -114,18 +119,27 @@ class Store:
 
     def run_readings(self, run: str) -> list[tuple[str, int, int, float]]:
         """(house, ts, seq, global_active_power) of every stored reading of ``run``."""
-        return self.db.execute("SELECT house, ts, seq, global_active_power FROM readings WHERE run = ? "
-                               "ORDER BY house, ts", (run,)).fetchall()
+        return self.db.execute(
+            "SELECT house, ts, seq, global_active_power FROM readings WHERE run = ? ORDER BY house, ts", (run,)
+        ).fetchall()
 
     def run_forecasts(self, run: str) -> list[Forecast]:
-        return [Forecast(h, m, v, seq, issued, target, value, sent, run=run) for h, m, v, seq, issued, target, value, sent
-                in self.db.execute("SELECT house, model, model_version, seq, issued_at, target_ts, value, "
-                                   "reading_sent_at FROM forecasts WHERE run = ? ORDER BY house, model, issued_at",
-                                   (run,))]
+        return [
+            Forecast(h, m, v, seq, issued, target, value, sent, run=run)
+            for h, m, v, seq, issued, target, value, sent in self.db.execute(
+                "SELECT house, model, model_version, seq, issued_at, target_ts, value, "
+                "reading_sent_at FROM forecasts WHERE run = ? ORDER BY house, model, issued_at",
+                (run,),
+            )
+        ]
 
     def run_ends(self, run: str) -> list[EndOfStream]:
-        return [EndOfStream(h, n, last_seq, last_ts, run=run) for h, n, last_seq, last_ts in self.db.execute(
-            "SELECT house, readings, last_seq, last_ts FROM ends WHERE run = ?", (run,))]
+        return [
+            EndOfStream(h, n, last_seq, last_ts, run=run)
+            for h, n, last_seq, last_ts in self.db.execute(
+                "SELECT house, readings, last_seq, last_ts FROM ends WHERE run = ?", (run,)
+            )
+        ]
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
@@ -154,8 +168,9 @@ class Store:
 
     def pooled(self, run: str) -> list[tuple[str, int, float, float]]:
         """(model, n, mse, mae) of ``run`` over every house."""
-        return self.db.execute("SELECT model, COUNT(*), AVG(error * error), AVG(ABS(error)) FROM matches "
-                               "WHERE run = ? GROUP BY model", (run,)).fetchall()
+        return self.db.execute(
+            "SELECT model, COUNT(*), AVG(error * error), AVG(ABS(error)) FROM matches WHERE run = ? GROUP BY model", (run,)
+        ).fetchall()
 
     def missing(self, run: str, models: Iterable[str], houses: Iterable[str] = ()) -> list[str]:
         """What a finished replay should have stored and did not, one line per house (and model).
@@ -166,8 +181,12 @@ class Store:
         """
         ends = dict(self.db.execute("SELECT house, readings FROM ends WHERE run = ?", (run,)))
         stored = dict(self.db.execute("SELECT house, COUNT(*) FROM readings WHERE run = ? GROUP BY house", (run,)))
-        forecasts = {(h, m): n for h, m, n in self.db.execute(
-            "SELECT house, model, COUNT(*) FROM forecasts WHERE run = ? GROUP BY house, model", (run,))}
+        forecasts = {
+            (h, m): n
+            for h, m, n in self.db.execute(
+                "SELECT house, model, COUNT(*) FROM forecasts WHERE run = ? GROUP BY house, model", (run,)
+            )
+        }
         out = [f"{h}: no end of stream" for h in sorted(set(houses) - set(ends))]
         for house, published in sorted(ends.items()):
             if stored.get(house, 0) < published:
