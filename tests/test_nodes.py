@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 
 import numpy as np
 import pytest
@@ -413,24 +414,55 @@ def test_simulator_paces_real_time_multiples(val):
     assert time.monotonic() - started >= 0.3 * 0.9  # 3 intervals of 60 s / 600
 
 
+class WatchedInbox(queue.Queue):
+    """An inbox that counts the times its reader found it empty: the reader has done all it
+    could with what it was given and waits for more (how a test knows a node is blocked,
+    without sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle = 0
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if block and self.empty():
+            with self.mutex:
+                self.idle += 1
+        return super().get(block, timeout)
+
+
+def settled(inbox: WatchedInbox, deadline_s: float = 60.0) -> None:
+    """Wait until the reader of ``inbox`` has taken everything and waits again (generous deadline)."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while not inbox.empty():
+        assert time.monotonic() < deadline, "the node did not take its messages"
+        time.sleep(0.001)
+    seen = inbox.idle
+    while inbox.idle <= seen + 1:  # two empty reads after it was drained: nothing was in progress
+        assert time.monotonic() < deadline, "the node did not come back to wait"
+        time.sleep(0.001)
+
+
 def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val):
     import threading
-    import time
 
     hub = MemoryHub()
     watcher = hub.connect()
     watcher.subscribe(ALL_READINGS)
     predictor = hub.connect()
+    sim_bus = hub.connect()
+    sim_bus.inbox = inbox = WatchedInbox()
     sim = Simulator(
-        hub.connect(),
+        sim_bus,
         house_streams(val, 1, limit=40),
         speed=None,
         progress=lambda line: None,
         await_models=("lstm", "linear"),
         window=5,
-        stall_s=1.0,
+        stall_s=600.0,  # never within this test: what is checked is the window, not the stall
     )
-    runner = threading.Thread(target=sim.run)
+    runner = threading.Thread(target=sim.run, daemon=True)
     runner.start()
 
     def published() -> list[int]:
@@ -441,18 +473,21 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
         f = Forecast(r.house, model, "t", seq, r.ts, r.ts + 300, 1.0, run=r.run)
         predictor.publish(f.topic, f.to_json())
 
-    time.sleep(0.3)
+    settled(inbox)
     assert published() == list(range(6))  # seq 0 (no forecast follows it) and 5 in flight
     for seq in (1, 2, 3):
         forecast("lstm", seq)
-    time.sleep(0.3)
+    settled(inbox)
     assert published() == list(range(6))  # linear, the slowest, has forecast nothing yet
     forecast("linear", 1)
     forecast("linear", 2)
-    time.sleep(0.3)
+    settled(inbox)
     assert published() == list(range(8))  # 2 forecast by both: 3..7 in flight
-    # a model silent for stall_s is no longer waited for (logged): the replay ends
-    runner.join(timeout=10)
+    for seq in range(3, 40):  # both keep up: the replay ends
+        for model in ("lstm", "linear"):
+            f = Forecast("h000", model, "t", seq, T0 + 60 * seq, T0 + 60 * seq + 300, 1.0, run=sim.run_id)
+            predictor.publish(f.topic, f.to_json())
+    runner.join(timeout=60)
     assert not runner.is_alive() and published() == list(range(40))
 
 
@@ -474,22 +509,23 @@ def test_flow_control_follows_the_house_published_last_in_each_minute(val):
 
 def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
     import threading
-    import time
 
     hub = MemoryHub()
     watcher = hub.connect()
     watcher.subscribe(ALL_READINGS)
     collector = hub.connect()
+    sim_bus = hub.connect()
+    sim_bus.inbox = inbox = WatchedInbox()
     sim = Simulator(
-        hub.connect(),
+        sim_bus,
         house_streams(val, 2, limit=30),
         speed=None,
         progress=lambda line: None,
         await_nodes=("collector",),
         window=4,
-        stall_s=1.0,
+        stall_s=600.0,
     )  # 2 houses: 2 minutes in flight
-    runner = threading.Thread(target=sim.run)
+    runner = threading.Thread(target=sim.run, daemon=True)
     runner.start()
 
     def minutes() -> int:
@@ -499,15 +535,16 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
         p = Progress("collector", house, seq, run=sim.run_id)
         collector.publish(p.topic, p.to_json(), qos=0)
 
-    time.sleep(0.3)
+    settled(inbox)
     assert minutes() == 3  # minutes 0, 1, 2
     progress("h000", 3)  # minute 3 of h000 stored, h001 not yet: minute 2 is the newest done
-    time.sleep(0.3)
+    settled(inbox)
     assert minutes() == 5  # minutes 3, 4 may follow (2 ahead of minute 2)
     progress("h001", 3)
-    time.sleep(0.3)
+    settled(inbox)
     assert minutes() == 6
-    runner.join(timeout=10)  # silent for stall_s: no longer waited for
+    progress("h001", 29)  # everything stored: the replay ends
+    runner.join(timeout=60)
     assert not runner.is_alive() and minutes() == 30
 
 
