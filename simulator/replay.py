@@ -28,16 +28,13 @@ import queue
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from simulator.streams import HouseStream, pacing_streams
 from wattcast.bus import Bus
 from wattcast.contract import (
     ALL_STATUS,
     FRESH_STATUS_S,
-    READING_FIELDS,
     EndOfStream,
     Forecast,
     MessageError,
@@ -46,7 +43,6 @@ from wattcast.contract import (
     Status,
     decode,
     forecast_topic,
-    house_ids,
     new_run_id,
     progress_topic,
     status_topic,
@@ -54,7 +50,7 @@ from wattcast.contract import (
 from wattcast.node import decode_delivered
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -63,68 +59,6 @@ log = logging.getLogger(__name__)
 #: window 8 4.3-4.4 s / 11-12 ms; 10 4.0-4.5 s / 13-17 ms; 16 3.4-3.6 s / 17-23 ms;
 #: 24 2.8-2.9 s / 23-30 ms.
 DEFAULT_WINDOW = 10
-
-
-@dataclass
-class HouseStream:
-    """One house's readings, made on demand from the split's arrays (shared by every house).
-
-    House ``k`` reads row ``(i + offset) % rows`` for its ``i``-th reading; with ``restamp``
-    its timestamps are consecutive minutes from the split's first one.  Nothing is copied
-    per house: memory grows with the readings replayed, not with houses x split.
-    """
-
-    house: str
-    ts: np.ndarray  # int64 unix seconds of the split (shared)
-    values: np.ndarray  # (n, 7) float64, READING_FIELDS order (shared)
-    offset: int = 0
-    restamp: bool = False
-    length: int | None = None  # readings of this house (default: len(ts))
-
-    def __post_init__(self) -> None:
-        if self.length is None:
-            self.length = len(self.ts)
-
-    def __len__(self) -> int:
-        return len(self.ts) if self.length is None else self.length
-
-    def ts_at(self, i: int) -> int:
-        if self.restamp:
-            return int(self.ts[0]) + 60 * i
-        return int(self.ts[(i + self.offset) % len(self.ts)])
-
-    def values_at(self, i: int) -> list[float]:
-        return self.values[(i + self.offset) % len(self.values)].tolist()
-
-
-def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
-    n = len(val)
-    ts = val["ts"].to_numpy(np.int64)
-    values = val[list(READING_FIELDS)].to_numpy(np.float64)
-    length = n if limit is None else min(n, limit)
-    return [
-        HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
-        for k, house in enumerate(house_ids(houses))
-    ]
-
-
-def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
-    """The houses whose forecasts pace a max-speed replay: for every minute, the one published last.
-
-    Minute by minute the simulator publishes one reading per house, in list order, and
-    a predictor handles readings in the order they arrive: once it has forecast minute
-    ``i`` of the house published last in that minute, it has handled minute ``i`` of
-    every house.  Following those forecasts instead of all of them keeps the
-    simulator's intake at models x minutes instead of models x readings (50 houses x
-    1 day: 5,760 messages instead of 288,000).  With streams of equal length (as
-    :func:`house_streams` makes them) that is just the last house.
-    """
-    pacing, longest = [], 0
-    for s in reversed(streams):
-        if len(s) > longest:
-            pacing.append(s)
-            longest = len(s)
-    return pacing
 
 
 class Simulator:

@@ -11,7 +11,8 @@ import pytest
 
 from collector.node import CollectorNode
 from predictor.node import PredictorNode
-from simulator.replay import Simulator, house_streams
+from simulator.replay import Simulator
+from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
 from wattcast.contract import (
     ALL_ENDS,
@@ -492,7 +493,7 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val)
 
 
 def test_flow_control_follows_the_house_published_last_in_each_minute(val):
-    from simulator.replay import HouseStream, pacing_streams
+    from simulator.streams import HouseStream, pacing_streams
 
     streams = house_streams(val, 3, limit=10)
     assert [s.house for s in pacing_streams(streams)] == ["h002"]

@@ -128,7 +128,7 @@ def test_limits_the_machine_cannot_meet_are_refused_before_anything_starts(tmp_p
 
 
 def test_the_simulators_memory_grows_with_what_is_replayed_not_with_houses_times_split():
-    from simulator.replay import house_streams
+    from simulator.streams import house_streams
 
     val = load_split().val
     tracemalloc.start()

@@ -21,7 +21,8 @@ import pytest
 
 from collector.node import CollectorNode
 from predictor.node import MAX_RUNS, PredictorNode
-from simulator.replay import Simulator, house_streams
+from simulator.replay import Simulator
+from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
 from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
 from wattcast.data import load_split, to_readings

@@ -1,11 +1,7 @@
-"""The message bus at the edge of every node.
+"""The MQTT edge: paho-mqtt 2.x behind the :class:`~wattcast.bus.base.Bus` interface.
 
-Nodes see only :class:`Bus`: ``publish``, ``subscribe`` and an ``inbox`` queue of
-:class:`Message`.  Two implementations:
-
-* :class:`MemoryBus`, an in-process fake for fast unit tests of node logic;
-* :class:`MqttBus`, paho-mqtt 2.x.  Paho's callbacks only put messages in the inbox;
-  domain code (parsing, inference, scoring) runs on the node's own thread.
+Paho's callbacks only put messages in the inbox; domain code (parsing, inference,
+scoring) runs on the node's own thread.
 """
 
 from __future__ import annotations
@@ -18,150 +14,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, cast
-from urllib.parse import urlparse
+from typing import cast
+
+from wattcast.bus.base import BrokerConfig, Message
 
 log = logging.getLogger(__name__)
 
 #: the broker drops bigger payloads (mosquitto/conf.d/wattcast.conf: message_size_limit)
 MAX_PACKET_PAYLOAD = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool = False
-    received_at: float = 0.0
-    #: broker packet id and QoS, for a manual acknowledgement (see ``Bus.ack``)
-    mid: int = 0
-    qos: int = 0
-
-
-class Bus(Protocol):
-    inbox: queue.Queue[Message]
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
-
-    def subscribe(self, *filters: str, qos: int = 1) -> None: ...
-
-    def ack(self, message: Message) -> None:
-        """Acknowledge a QoS 1 message once it is handled (buses with manual acknowledgement)."""
-        ...
-
-    def batched(self) -> contextlib.AbstractContextManager[None]:
-        """Group the publishes and acks of one handled batch (fewer wake-ups of the network thread)."""
-        ...
-
-    def flush(self, timeout: float | None = None) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
-    p, t = pattern.split("/"), topic.split("/")
-    for i, part in enumerate(p):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(p) == len(t)
-
-
-class MemoryHub:
-    """A broker in memory: delivers every publish to the matching MemoryBus inboxes."""
-
-    def __init__(self) -> None:
-        self._buses: list[MemoryBus] = []
-        self._retained: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def connect(self) -> MemoryBus:
-        bus = MemoryBus(self)
-        with self._lock:
-            self._buses.append(bus)
-        return bus
-
-    def _route(self, topic: str, payload: bytes, retain: bool) -> None:
-        with self._lock:
-            if retain:
-                self._retained[topic] = payload
-            targets = [b for b in self._buses if b.wants(topic)]
-        now = time.time()
-        for bus in targets:
-            bus.inbox.put(Message(topic, payload, False, now))
-
-    def _retained_for(self, pattern: str) -> list[tuple[str, bytes]]:
-        with self._lock:
-            return [(t, p) for t, p in self._retained.items() if topic_matches(pattern, t)]
-
-
-class MemoryBus:
-    def __init__(self, hub: MemoryHub | None = None) -> None:
-        self.hub = hub or MemoryHub()
-        self.inbox: queue.Queue[Message] = queue.Queue()
-        self.filters: list[str] = []
-        self.published: list[Message] = []
-
-    def wants(self, topic: str) -> bool:
-        return any(topic_matches(f, topic) for f in self.filters)
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.published.append(Message(topic, payload, retain, time.time()))
-        self.hub._route(topic, payload, retain)
-
-    def subscribe(self, *filters: str, qos: int = 1) -> None:
-        for f in filters:
-            self.filters.append(f)
-            for topic, payload in self.hub._retained_for(f):
-                self.inbox.put(Message(topic, payload, True, time.time()))
-
-    def ack(self, message: Message) -> None:
-        pass
-
-    def batched(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        with self.hub._lock:
-            if self in self.hub._buses:
-                self.hub._buses.remove(self)
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where and how a node connects: built once at the entry point."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    keepalive: int = 30
-
-    @classmethod
-    def from_url(cls, url: str, username: str | None = None, password: str | None = None) -> BrokerConfig:
-        """``mqtt://[user:pass@]host[:port]`` (or plain ``host:port``)."""
-        if "://" not in url:
-            url = "mqtt://" + url
-        u = urlparse(url)
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://host:port)")
-        if not u.hostname:
-            raise ValueError(f"broker URL without a host: {url!r}")
-        return cls(
-            host=u.hostname,
-            port=u.port or 1883,
-            username=u.username or username,
-            password=u.password or password,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
 
 
 def _no_delay(sock) -> None:

@@ -1,0 +1,81 @@
+"""The houses a simulator replays, made from the validation split without copying it.
+
+House ``k`` of ``N`` replays the split rotated by ``k * len / N`` readings, so that the
+houses differ; house ``h000`` is the split exactly as it is.  The other houses'
+readings are re-stamped as consecutive minutes from the split's first minute, so
+every house covers the same event-time window, like meters that run side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from wattcast.contract import READING_FIELDS, house_ids
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class HouseStream:
+    """One house's readings, made on demand from the split's arrays (shared by every house).
+
+    House ``k`` reads row ``(i + offset) % rows`` for its ``i``-th reading; with ``restamp``
+    its timestamps are consecutive minutes from the split's first one.  Nothing is copied
+    per house: memory grows with the readings replayed, not with houses x split.
+    """
+
+    house: str
+    ts: np.ndarray  # int64 unix seconds of the split (shared)
+    values: np.ndarray  # (n, 7) float64, READING_FIELDS order (shared)
+    offset: int = 0
+    restamp: bool = False
+    length: int | None = None  # readings of this house (default: len(ts))
+
+    def __post_init__(self) -> None:
+        if self.length is None:
+            self.length = len(self.ts)
+
+    def __len__(self) -> int:
+        return len(self.ts) if self.length is None else self.length
+
+    def ts_at(self, i: int) -> int:
+        if self.restamp:
+            return int(self.ts[0]) + 60 * i
+        return int(self.ts[(i + self.offset) % len(self.ts)])
+
+    def values_at(self, i: int) -> list[float]:
+        return self.values[(i + self.offset) % len(self.values)].tolist()
+
+
+def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
+    n = len(val)
+    ts = val["ts"].to_numpy(np.int64)
+    values = val[list(READING_FIELDS)].to_numpy(np.float64)
+    length = n if limit is None else min(n, limit)
+    return [
+        HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
+        for k, house in enumerate(house_ids(houses))
+    ]
+
+
+def pacing_streams(streams: list[HouseStream]) -> list[HouseStream]:
+    """The houses whose forecasts pace a max-speed replay: for every minute, the one published last.
+
+    Minute by minute the simulator publishes one reading per house, in list order, and
+    a predictor handles readings in the order they arrive: once it has forecast minute
+    ``i`` of the house published last in that minute, it has handled minute ``i`` of
+    every house.  Following those forecasts instead of all of them keeps the
+    simulator's intake at models x minutes instead of models x readings (50 houses x
+    1 day: 5,760 messages instead of 288,000).  With streams of equal length (as
+    :func:`house_streams` makes them) that is just the last house.
+    """
+    pacing, longest = [], 0
+    for s in reversed(streams):
+        if len(s) > longest:
+            pacing.append(s)
+            longest = len(s)
+    return pacing

@@ -1,0 +1,60 @@
+"""``wattcast run``'s options and its one error type."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from wattcast.config import (
+    ENV_MODELS_DIR,
+    add_data_args,
+    parse_speed,
+    positive_float,
+    positive_int,
+)
+from wattcast.contract import (
+    MODELS,
+)
+
+
+class RunError(RuntimeError):
+    """The run could not complete (one line, shown without traceback)."""
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument(
+        "--broker", default=None, help="use this broker (mqtt://host:port); default: start a private one on a free port"
+    )
+    p.add_argument(
+        "--broker-kind",
+        choices=("mosquitto", "amqtt"),
+        default=None,
+        help="private broker to start (default: mosquitto if installed, else the embedded amqtt)",
+    )
+    p.add_argument("--username", default=None, help="MQTT user name for --broker")
+    p.add_argument("--password", default=None, help="MQTT password for --broker")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        metavar="MODEL",
+        help="models to run (default: all four)",
+    )
+    p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
+    p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
+    p.add_argument("--houses", type=positive_int, default=1, help="meters replayed at once (default 1)")
+    p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help="at max speed, readings in flight ahead of the slowest model, all houses together "
+        "(at least one minute of each; default: the simulator's 10)",
+    )
+    p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
+    p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
+    p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
