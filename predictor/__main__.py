@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the model to run (env {ENV_MODEL})",
     )
     p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
-    p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
+    p.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
 
     p.add_argument("--max-batch", type=positive_int, default=512, help="most readings predicted in one call")

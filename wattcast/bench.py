@@ -66,25 +66,16 @@ def latency_and_lag(db: Path) -> dict[str, Any]:
 
 
 def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from wattcast.runner import run
+    from wattcast.runner import RunOptions, run
 
     houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
-    ns = argparse.Namespace(
-        data=None,
-        fraction=None,
-        seed=1234,
+    ns = RunOptions(
         broker=args.broker,
-        broker_kind=None,
-        username=None,
-        password=None,
         models=args.models,
-        models_dir=None,
-        speed=None,
         houses=houses,
         limit=limit,
         window=args.window,
         store=str(workdir / name / "wattcast.db"),
-        report=None,
         timeout=3600.0,
         json=True,
         quiet=True,
@@ -95,7 +86,7 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
         flush=True,
     )
     result = run(ns, progress=lambda line: None)
-    figures = latency_and_lag(Path(ns.store))
+    figures = latency_and_lag(Path(result["store"]))
     # the runner saw every node's final status (the store only those before the collector stopped)
     figures["nodes"] = {
         node: {

@@ -15,6 +15,7 @@ from wattcast.config import (
     Parser,
     add_broker_args,
     add_data_args,
+    env_default,
     positive_float,
     positive_int,
     run_id,
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help=f"models to score ({', '.join(MODELS)}; default: all)",
     )
-    e.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
+    e.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder")
     e.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_evaluate)
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="build the HTML/Markdown report from a collector store")
     rp.add_argument("--db", required=True, help="the collector's SQLite store")
     rp.add_argument("--out", required=True, help="output folder")
-    rp.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder (loss curves)")
+    rp.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder (loss curves)")
     rp.add_argument(
         "--run",
         type=run_id,

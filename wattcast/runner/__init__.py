@@ -7,8 +7,8 @@ simulator.  When the collector has scored the end of the stream, everything is
 stopped and the scores are printed (``--json`` for machines).
 """
 
-from wattcast.runner.options import RunError, add_run_args
+from wattcast.runner.options import RunError, RunOptions, add_run_args
 from wattcast.runner.pipeline import run
 from wattcast.runner.summary import format_table, incomplete, run_command, scores_from_store
 
-__all__ = ["RunError", "add_run_args", "format_table", "incomplete", "run", "run_command", "scores_from_store"]
+__all__ = ["RunError", "RunOptions", "add_run_args", "format_table", "incomplete", "run", "run_command", "scores_from_store"]

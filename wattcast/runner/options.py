@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import dataclass, field, fields
 
 from wattcast.config import (
     ENV_MODELS_DIR,
     add_data_args,
+    env_default,
     parse_speed,
     positive_float,
     positive_int,
@@ -15,6 +16,38 @@ from wattcast.config import (
 from wattcast.contract import (
     MODELS,
 )
+
+
+@dataclass
+class RunOptions:
+    """Everything a run is told, typed, with the defaults of ``wattcast run``'s command line.
+
+    Built once at the entry point (:meth:`from_args`, or directly, as ``wattcast bench`` does:
+    a new option gets a default here and needs no change there).
+    """
+
+    data: str | None = None
+    fraction: float | None = None
+    seed: int = 1234  # wattcast.data.DEFAULT_SEED (not imported: pandas would load for --help)
+    broker: str | None = None
+    broker_kind: str | None = None
+    username: str | None = None
+    password: str | None = None
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models_dir: str | None = None
+    speed: float | None = None  # None: as fast as flow control allows
+    houses: int = 1
+    limit: int | None = None
+    window: int | None = None
+    store: str | None = None
+    report: str | None = None
+    timeout: float = 1800.0
+    json: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 class RunError(RuntimeError):
@@ -42,7 +75,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="models to run (default: all four)",
     )
-    p.add_argument("--models-dir", default=os.environ.get(ENV_MODELS_DIR), help="artifact folder")
+    p.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder")
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
     p.add_argument("--houses", type=positive_int, default=1, help="meters replayed at once (default 1)")
     p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")

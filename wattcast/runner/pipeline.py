@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import time
@@ -23,7 +22,7 @@ from wattcast.contract import (
     progress_topic,
 )
 from wattcast.node import EXIT_INCOMPLETE
-from wattcast.runner.options import RunError
+from wattcast.runner.options import RunError, RunOptions
 from wattcast.runner.processes import (
     Child,
     Interrupt,
@@ -39,7 +38,7 @@ from wattcast.runner.processes import (
 from wattcast.runner.summary import scores_from_store
 
 
-def run(args: argparse.Namespace, progress=None, view=None) -> dict[str, Any]:
+def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     """Run the pipeline; returns the result dict (what ``--json`` prints)."""
 
     say = progress or (lambda line: None)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wattcast.runner.options import RunError
+from wattcast.runner.options import RunError, RunOptions
 
 
 def scores_from_store(
@@ -78,7 +78,9 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(ns: argparse.Namespace) -> int:
+    """``wattcast run``: the options built once from the command line, the run, its summary."""
+    args = RunOptions.from_args(ns)
     if args.houses < 1:
         raise ValueError("--houses must be at least 1")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
