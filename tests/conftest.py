@@ -109,3 +109,17 @@ def mqtt_bus(request):
             bus.close()
         except Exception:  # teardown must close the others
             pass
+
+
+@pytest.fixture(scope="session")
+def split():
+    """The default split (the shipped sample), loaded once for the whole session."""
+    from wattcast.data import load_split
+
+    return load_split()
+
+
+@pytest.fixture(scope="session")
+def val(split):
+    """Its validation part (a DataFrame: what the simulator replays)."""
+    return split.val

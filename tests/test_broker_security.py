@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus, topic_matches
@@ -47,7 +47,6 @@ from wattcast.credentials import (
     verify_password,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 H = "h000"
 T0 = 1196680920
 

@@ -15,10 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from wattcast.data import DataError, load_split, read_meter_file, sample_path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _lines(n: int) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REPO
 
 from wattcast import config
 from wattcast.broker import PrivateBroker, available_kind
@@ -46,7 +47,6 @@ from wattcast.credentials import (
     update_env_file,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 BROKER_SERVICE = "mosquitto"
 BROKER_PORT = 1883  # inside the compose network only; never used on this machine

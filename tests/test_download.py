@@ -16,11 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import REPO
 
 from wattcast.data import DataError, read_meter_file, sample_path
 from wattcast.download import ARCHIVE_NAME, DEFAULT_SHA256, DEFAULT_URL, default_cache_dir, download_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _uci_text(rows: int = 50) -> bytes:

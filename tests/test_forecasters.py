@@ -15,17 +15,12 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from wattcast.contract import HORIZON_S, MODELS, READING_FIELDS, Reading
-from wattcast.data import load_split, to_readings
+from wattcast.data import to_readings
 from wattcast.evaluation import evaluate, stream_forecasts
 from wattcast.forecasters import ArtifactError, LstmModel, default_models_dir, load_model
 from wattcast.forecasters.linear import LinearModel
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
-
-
-@pytest.fixture(scope="module")
-def split():
-    return load_split()
 
 
 @pytest.fixture(scope="module")

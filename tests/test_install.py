@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from wattcast.broker import available_kind
 
-REPO = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(
     ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "out"
 )

@@ -12,8 +12,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NODES = ("simulator", "predictor", "collector")
 
 

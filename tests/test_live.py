@@ -7,16 +7,15 @@ import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from wattcast.broker import free_port
 from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.contract import Metrics, Status
 from wattcast.live import LiveTable, LiveView
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = 1196680980
 
 

@@ -29,16 +29,11 @@ from wattcast.contract import (
     reading_topic,
     status_topic,
 )
-from wattcast.data import load_split, to_readings
+from wattcast.data import to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
 from wattcast.scoring import ModelScore
 from wattcast.store import Store
-
-
-@pytest.fixture(scope="module")
-def val():
-    return load_split().val
 
 
 def reading(house: str, seq: int, ts: int, gap: float) -> Reading:

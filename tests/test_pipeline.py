@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.contract import MODELS, EndOfStream, Forecast, Reading, forecast_topic, reading_topic
-from wattcast.data import load_split
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
 from wattcast.store import Store
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +38,6 @@ def module_broker(tmp_path_factory):
     broker.close()
 
 
-@pytest.fixture(scope="module")
-def val():
-    return load_split().val
-
-
 def offline_mse(name: str, val) -> tuple[int, float]:
     preds, targets = stream_forecasts(load_model(name), val)
     return len(targets), float(np.mean((preds - targets) ** 2))
@@ -52,7 +46,7 @@ def offline_mse(name: str, val) -> tuple[int, float]:
 def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     fh = log.open("a")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
@@ -100,7 +94,7 @@ def test_full_replay_at_max_speed_loses_nothing_and_equals_offline_scores(module
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -289,7 +283,7 @@ def test_run_replays_many_houses(module_broker, val, tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
@@ -323,7 +317,7 @@ def test_run_stops_everything_on_ctrl_c(module_broker, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
     )
     try:
         wait_for = time.monotonic() + 60
@@ -367,7 +361,7 @@ def test_run_falls_back_to_the_embedded_broker(val, tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)

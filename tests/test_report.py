@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from wattcast import report
 from wattcast.broker import available_kind
 from wattcast.report import DPI, FIGURES, build_report
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 ALL_FILES = {"report.html", "report.md", *FIGURES}
 T0 = 1196680920

@@ -23,8 +23,6 @@ import pytest
 from wattcast.broker import available_kind
 from wattcast.data import load_split, sample_path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -25,17 +25,12 @@ from simulator.replay import Simulator
 from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
 from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
-from wattcast.data import load_split, to_readings
+from wattcast.data import to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
 from wattcast.report import list_runs, load_report_data
 from wattcast.runner import scores_from_store
 from wattcast.store import Store, StoreError
-
-
-@pytest.fixture(scope="module")
-def val():
-    return load_split().val
 
 
 def msg(obj) -> Message:

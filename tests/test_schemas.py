@@ -21,18 +21,18 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
+from helpers import REPO
 
 jsonschema = pytest.importorskip("jsonschema")
+
 
 from wattcast import contract as messages  # noqa: E402
 from wattcast.contract import KINDS, MessageError, decode  # noqa: E402
 from wattcast.contract.schema import differing, render  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO / "wattcast" / "schemas"
 TOPICS = {
     "reading": "wattcast/v1/{house}/reading",

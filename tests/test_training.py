@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wattcast.data import Split, load_split
+from wattcast.data import Split
 from wattcast.evaluation import evaluate
 from wattcast.forecasters import default_models_dir
 from wattcast.forecasters.lstm import ArtifactError, LstmModel, LstmNet
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 HAS_TF = importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="TensorFlow/Keras are not installed (pip install 'wattcast[train]')")
 MODELS_DIR = default_models_dir()
-
-
-@pytest.fixture(scope="module")
-def split() -> Split:
-    return load_split()
 
 
 def artifact(name: str) -> Path:
