@@ -241,11 +241,10 @@ class MqttBus:
 
         paho closes its socket right after writing DISCONNECT.  A socket closed with
         received but unread data makes the kernel send a reset instead of a FIN; the
-        broker then saw "Broken pipe", dropped the DISCONNECT and published the node's
-        last will over its final status (the simulator, which receives forecasts until
-        its end, in about 1 run of 10).  The UNSUBACK comes after everything the broker
-        had sent before it (mosquitto may still send a message it had queued, rarely).
-        A persistent session keeps its
+        broker then drops the DISCONNECT and publishes the node's last will over its
+        final status (a node that receives until its end, like the simulator).  The
+        UNSUBACK comes after everything the broker had sent before it (mosquitto may
+        still send a message it had queued).  A persistent session keeps its
         subscriptions instead: unsubscribing would lose what is published while away.
         """
         with self._lock:
