@@ -320,3 +320,12 @@ def test_a_store_of_an_older_layout_is_a_clear_error(tmp_path):
         Store(old)
     with pytest.raises(ValueError, match="before run ids"):
         load_report_data(old)
+
+
+def test_pooling_counts_every_matched_forecast_once():
+    from wattcast.scoring import pooled
+
+    # two houses: 3 forecasts with squared errors 1, 1, 1 and 1 forecast with 5: MSE 8/4
+    assert pooled([(3, 1.0), (1, 5.0)]) == 2.0
+    assert pooled([(0, None), (2, 4.0)]) == 4.0  # a house without a match adds nothing
+    assert pooled([(0, None)]) is None

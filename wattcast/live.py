@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from wattcast.contract import FRESH_STATUS_S, MODELS, Metrics, Status
+from wattcast.scoring import pooled
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,8 @@ class LiveTable:
                     houses=len(ms),
                     n=n,
                     rolling_n=rolling_n,
-                    rolling_mse=sum(m.rolling_mse * m.rolling_n for m in ms) / rolling_n if rolling_n else None,
-                    mse=sum(m.mse * m.n for m in ms) / n if n else None,
+                    rolling_mse=pooled((m.rolling_n, m.rolling_mse) for m in ms),
+                    mse=pooled((m.n, m.mse) for m in ms),
                     rate=self.rate(model, now),
                     unmatched=sum(m.unmatched for m in ms),
                     pending=sum(m.pending for m in ms),

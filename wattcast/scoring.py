@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wattcast.contract import DEFAULT_RUN, Forecast, Metrics, ModelName, Reading
@@ -69,6 +70,18 @@ class ModelScore:
     @property
     def rolling_mse(self) -> float:
         return max(self.window_sse, 0.0) / len(self.window) if self.window else 0.0
+
+
+def pooled(parts: Iterable[tuple[int, float | None]]) -> float | None:
+    """A mean over several houses' matched forecasts together, from each house's (n, mean): every
+    forecast counts once (n-weighted).  None if no house has a scored forecast.  The one pooling
+    rule of wattcast run's summary, the report's aggregate and the live table."""
+    total = weighted = 0.0
+    for n, mean in parts:
+        if n and mean is not None:
+            total += n
+            weighted += n * mean
+    return weighted / total if total else None
 
 
 def rolling_mse(ts, errors, window_s: int) -> list[float]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from wattcast.contract import MODELS, Forecast, model_name
-from wattcast.scoring import Scoreboard
+from wattcast.scoring import Scoreboard, pooled
 from wattcast.store import RunReader
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
@@ -126,14 +126,9 @@ def _rows_from_scoring(reader: RunReader, window_s: int) -> list[Row]:
 
 def _pool(model: str, rows: list[Row]) -> Row:
     n = sum(r.n for r in rows)
-    scored = [(r.n, r.mse, r.mae or 0.0) for r in rows if r.n and r.mse is not None]
-    mse: float | None = None
-    mae: float | None = None
-    rmse: float | None = None
-    if n and scored:
-        mse = sum(k * e for k, e, _ in scored) / n
-        mae = sum(k * a for k, _, a in scored) / n
-        rmse = math.sqrt(mse)
+    mse = pooled((r.n, r.mse) for r in rows)
+    mae = pooled((r.n, r.mae) for r in rows)
+    rmse = math.sqrt(mse) if mse is not None else None
     unmatched = None if any(r.unmatched is None for r in rows) else sum(r.unmatched or 0 for r in rows)
     pending = None if any(r.pending is None for r in rows) else sum(r.pending or 0 for r in rows)
     return Row(ALL, model, n, mse, rmse, mae, unmatched, pending)

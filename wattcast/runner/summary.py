@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wattcast.runner.options import RunError, RunOptions
+from wattcast.scoring import pooled
 
 
 def scores_from_store(
@@ -23,17 +24,23 @@ def scores_from_store(
     store = Store(db_path)
     try:
         run = store.run(run)
-        pooled = {}
-        for model, n, mse, mae in store.pooled(run):
-            pooled[model] = {"n": n, "mse": mse, "rmse": math.sqrt(mse), "mae": mae}
         summary = store.summary(run)
-        for s in summary:
-            p = pooled.setdefault(s["model"], {"n": 0, "mse": math.nan, "rmse": math.nan, "mae": math.nan})
-            p["unmatched"] = p.get("unmatched", 0) + s["unmatched"]
-            p["pending"] = p.get("pending", 0) + s["pending"]
+        models_pooled: dict[str, dict[str, Any]] = {}
+        for model in sorted({s["model"] for s in summary}):
+            rows = [s for s in summary if s["model"] == model]
+            mse = pooled((s["n"], s["mse"]) for s in rows)
+            mae = pooled((s["n"], s["mae"]) for s in rows)
+            models_pooled[model] = {
+                "n": sum(s["n"] for s in rows),
+                "mse": mse if mse is not None else math.nan,
+                "rmse": math.sqrt(mse) if mse is not None else math.nan,
+                "mae": mae if mae is not None else math.nan,
+                "unmatched": sum(s["unmatched"] for s in rows),
+                "pending": sum(s["pending"] for s in rows),
+            }
         return {
             "run": run,
-            "models": pooled,
+            "models": models_pooled,
             "houses": summary,
             "readings": store.count("readings", run),
             "forecasts": store.count("forecasts", run),

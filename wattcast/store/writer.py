@@ -166,12 +166,6 @@ class Store:
         """Readings the simulator says it published in ``run`` (its ends)."""
         return self.db.execute("SELECT COALESCE(SUM(readings), 0) FROM ends WHERE run = ?", (run,)).fetchone()[0]
 
-    def pooled(self, run: str) -> list[tuple[str, int, float, float]]:
-        """(model, n, mse, mae) of ``run`` over every house."""
-        return self.db.execute(
-            "SELECT model, COUNT(*), AVG(error * error), AVG(ABS(error)) FROM matches WHERE run = ? GROUP BY model", (run,)
-        ).fetchall()
-
     def missing(self, run: str, models: Iterable[str], houses: Iterable[str] = ()) -> list[str]:
         """What a finished replay should have stored and did not, one line per house (and model).
 
