@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the harness imports the tests' helpers
 
 from tests.test_broker_crash import MODELS, replay_with_a_broker_crash  # noqa: E402
 from wattcast.data import load_split  # noqa: E402

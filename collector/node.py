@@ -19,7 +19,7 @@ from wattcast.bus import Bus, Message
 from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, model_name
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
-from wattcast.store import Store
+from wattcast.store import Store, replay_run
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,10 @@ class RunState:
         forecasts gives the state the collector had; the broker's persistent session then
         delivers what arrived while it was down.
         """
-        readings = store.run_readings(self.run)
-        for house, ts, seq, value in readings:
-            self.board.add_actual(house, ts, value)
-            self.board.reading_seqs[house].add(seq)
-        forecasts = [f for f in store.run_forecasts(self.run) if f.model in models]
-        for f in forecasts:
-            self.board.add_forecast(f)
+        rows = replay_run(store.db, self.run, self.board, models)
         self.ends = {e.house: e for e in store.run_ends(self.run)}
         self.finished = store.is_finished(self.run)
-        return len(readings) + len(forecasts)
+        return rows
 
     def ended(self, models: tuple[str, ...]) -> bool:
         """Every announced house has the forecast of its last reading from every model."""
@@ -133,8 +127,7 @@ class CollectorNode:
             log.info("collector: restored %d readings and forecasts of run %s from %s", rows, run, self.store.path)
         else:
             log.info("collector: run %s started", run)
-        self.store.add_run(run)
-        return state
+        return state  # the store notes the run with its first row
 
     @property
     def board(self) -> Scoreboard:

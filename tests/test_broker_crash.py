@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import stop_all
 
 from wattcast.broker import PrivateBroker, available_kind
 from wattcast.data import load_split
@@ -82,23 +82,14 @@ def replay_with_a_broker_crash(
     broker = PrivateBroker(workdir=tmp_path / "broker", prefer="mosquitto", extra_conf=broker_conf).start()
     db = tmp_path / "w.db"
     procs: list[subprocess.Popen] = []
+    url = broker.url
+
+    def start_collector() -> subprocess.Popen:
+        args = ["--broker", url, "--store", str(db), "--models", *MODELS, "--exit-on-end", "--drain", "60"]
+        return _spawn("collector", *args, log=tmp_path / "collector.log")
+
     try:
-        url = broker.url
-        procs.append(
-            _spawn(
-                "collector",
-                "--broker",
-                url,
-                "--store",
-                str(db),
-                "--models",
-                *MODELS,
-                "--exit-on-end",
-                "--drain",
-                "60",
-                log=tmp_path / "collector.log",
-            )
-        )
+        procs.append(start_collector())
         for m in MODELS:
             procs.append(
                 _spawn(
@@ -152,32 +143,13 @@ def replay_with_a_broker_crash(
         broker.kill()
         broker.start()  # same port, same persistence folder
         if collector_down:
-            procs[0] = _spawn(
-                "collector",
-                "--broker",
-                url,
-                "--store",
-                str(db),
-                "--models",
-                *MODELS,
-                "--exit-on-end",
-                "--drain",
-                "60",
-                log=tmp_path / "collector.log",
-            )
+            procs[0] = start_collector()
         collector_rc = procs[0].wait(timeout=300)  # 0: complete, EXIT_INCOMPLETE: a loss it names
         assert collector_rc in (0, EXIT_INCOMPLETE), (tmp_path / "collector.log").read_text()[-3000:]
         assert sim.wait(timeout=120) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
         t_end = time.monotonic()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, timeout=20)
         broker.close()
     with sqlite3.connect(db) as con:
         scores = {m: (n, mse) for m, n, mse in con.execute("SELECT model, n, mse FROM summary")}

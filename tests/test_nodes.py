@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import queue
+import threading
 
 import numpy as np
 import pytest
+from helpers import MemoryPipeline
 
 from collector.node import CollectorNode
 from predictor.node import PredictorNode
@@ -16,7 +18,6 @@ from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
 from wattcast.contract import (
     ALL_ENDS,
-    ALL_FORECASTS,
     ALL_READINGS,
     EndOfStream,
     Forecast,
@@ -413,31 +414,34 @@ def test_simulator_paces_real_time_multiples(val):
 class WatchedInbox(queue.Queue):
     """An inbox that counts the times its reader found it empty: the reader has done all it
     could with what it was given and waits for more (how a test knows a node is blocked,
-    without sleeping)."""
+    without sleeping).  ``changed`` is notified on every take and every empty read."""
 
     def __init__(self) -> None:
         super().__init__()
         self.idle = 0
+        self.changed = threading.Condition(self.mutex)
 
     def get(self, block: bool = True, timeout: float | None = None):
-        if block and self.empty():
+        if block:
             with self.mutex:
-                self.idle += 1
+                if not self._qsize():
+                    self.idle += 1
+                    self.changed.notify_all()
         return super().get(block, timeout)
+
+    def _get(self):  # called with the mutex held
+        item = super()._get()
+        self.changed.notify_all()
+        return item
 
 
 def settled(inbox: WatchedInbox, deadline_s: float = 60.0) -> None:
     """Wait until the reader of ``inbox`` has taken everything and waits again (generous deadline)."""
-    import time
-
-    deadline = time.monotonic() + deadline_s
-    while not inbox.empty():
-        assert time.monotonic() < deadline, "the node did not take its messages"
-        time.sleep(0.001)
-    seen = inbox.idle
-    while inbox.idle <= seen + 1:  # two empty reads after it was drained: nothing was in progress
-        assert time.monotonic() < deadline, "the node did not come back to wait"
-        time.sleep(0.001)
+    with inbox.changed:
+        assert inbox.changed.wait_for(lambda: not inbox._qsize(), deadline_s), "the node did not take its messages"
+        seen = inbox.idle
+        # two empty reads after it was drained: nothing was in progress
+        assert inbox.changed.wait_for(lambda: inbox.idle > seen + 1, deadline_s), "the node did not come back to wait"
 
 
 def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val):
@@ -603,23 +607,11 @@ def test_checkpoints_wait_for_the_broker_before_saving_and_acknowledging():
 
 def test_pipeline_on_memory_bus_equals_offline_evaluation(val, tmp_path):
     """The three nodes wired through the in-memory hub reproduce `wattcast evaluate`."""
-    hub = MemoryHub()
     models = ("persistence", "linear")
-    store = Store(tmp_path / "m.db")
-    cbus = hub.connect()
-    cbus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS)
-    collector = CollectorNode(cbus, store, models)
-    predictors = []
-    for name in models:
-        pbus = hub.connect()
-        pbus.subscribe(ALL_READINGS, ALL_ENDS)
-        predictors.append((pbus, PredictorNode(pbus, load_model(name))))
+    pipeline = MemoryPipeline(Store(tmp_path / "m.db"), models)
     part = val.iloc[:400]
-    Simulator(hub.connect(), house_streams(part, 1), progress=lambda line: None).run()
-    for pbus, node in predictors:
-        node.handle(list(pbus.inbox.queue))
-    collector.handle(list(cbus.inbox.queue))
-    assert collector.tick()
+    pipeline.replay(part)
+    collector = pipeline.collector
     for name in models:
         preds, targets = stream_forecasts(load_model(name), part)
         expected = float(np.mean((preds - targets) ** 2))
@@ -731,8 +723,8 @@ def test_predictor_rejects_a_retained_reading(val):
 
 
 def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_there():
-    from simulator.replay import FRESH_STATUS_S, wait_for_nodes
-    from wattcast.contract import Status
+    from simulator.replay import wait_for_nodes
+    from wattcast.contract import FRESH_STATUS_S, Status
 
     now = 1_800_000_000.0
     bus = MemoryHub().connect()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, stop_all
 
 from wattcast.broker import PrivateBroker
 from wattcast.bus import BrokerConfig, MqttBus
@@ -47,18 +47,6 @@ def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     fh = log.open("a")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-
-def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every process still running, then wait (kill after 10 s)."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def wait_online(url: str, nodes: list[str], timeout: float = 60) -> None:

@@ -18,13 +18,14 @@ import sys
 import msgspec
 import numpy as np
 import pytest
+from helpers import MemoryPipeline
 
 from collector.node import CollectorNode
 from predictor.node import MAX_RUNS, PredictorNode
 from simulator.replay import Simulator
 from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
-from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, EndOfStream, Forecast, decode
+from wattcast.contract import ALL_ENDS, ALL_READINGS, EndOfStream, Forecast, decode
 from wattcast.data import to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
@@ -240,27 +241,9 @@ def test_the_simulator_paces_itself_on_its_own_run_only(val):
 
 def two_run_store(tmp_path, val) -> tuple[Store, list[str]]:
     """A store with two replays of 200 minutes through persistence and linear (memory bus)."""
-    hub = MemoryHub()
-    models = ("persistence", "linear")
     store = Store(tmp_path / "two.db")
-    cbus = hub.connect()
-    cbus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS)
-    collector = CollectorNode(cbus, store, models)
-    predictors = []
-    for name in models:
-        pbus = hub.connect()
-        pbus.subscribe(ALL_READINGS, ALL_ENDS)
-        predictors.append((pbus, PredictorNode(pbus, load_model(name))))
-    runs = []
-    for limit in (200, 120):
-        sim = Simulator(hub.connect(), house_streams(val.iloc[:limit], 1), progress=lambda line: None)
-        sim.run()
-        runs.append(sim.run_id)
-        for pbus, node in predictors:
-            node.handle([pbus.inbox.get_nowait() for _ in range(pbus.inbox.qsize())])
-        collector.handle([cbus.inbox.get_nowait() for _ in range(cbus.inbox.qsize())])
-        assert collector.tick()
-    return store, runs
+    pipeline = MemoryPipeline(store, ("persistence", "linear"))
+    return store, [pipeline.replay(val.iloc[:limit]) for limit in (200, 120)]
 
 
 def test_scores_and_report_show_one_run_the_newest_by_default(tmp_path, val):

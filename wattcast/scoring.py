@@ -128,14 +128,14 @@ class Scoreboard:
         self.newest: dict[str, int] = {}
         self.waiting: dict[str, dict[int, list[Forecast]]] = defaultdict(lambda: defaultdict(list))
         self.seen: dict[tuple[str, str, int], float] = {}  # forecast key -> value
-        self.scores: dict[tuple[str, str], ModelScore] = {}
+        self.scores: dict[tuple[str, ModelName], ModelScore] = {}
         self.last_forecast_seq: dict[tuple[str, str], int] = {}
         #: per house the readings' seqs, per (house, model) the forecasts' (the first comes after reading 1)
         self.reading_seqs: dict[str, SeqPrefix] = defaultdict(SeqPrefix)
         self.forecast_seqs: dict[tuple[str, str], SeqPrefix] = defaultdict(lambda: SeqPrefix(1))
         self.duplicates = 0
 
-    def _score(self, house: str, model: str) -> ModelScore:
+    def _score(self, house: str, model: ModelName) -> ModelScore:
         key = (house, model)
         score = self.scores.get(key)
         if score is None:

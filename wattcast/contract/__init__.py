@@ -21,7 +21,6 @@ from wattcast.contract.codec import (
     check_run,
     decode,
     decode_payload,
-    encode,
     new_run_id,
     parse_json,
 )
@@ -105,7 +104,6 @@ __all__ = [
     "check_run",
     "decode",
     "decode_payload",
-    "encode",
     "end_topic",
     "forecast_topic",
     "house_filter",

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
+import time
 from typing import Any, TypeVar
 
 import msgspec
@@ -30,11 +32,6 @@ _ID = re.compile(ID_PATTERN)
 _DECODERS: dict[type, msgspec.json.Decoder] = {cls: msgspec.json.Decoder(cls) for cls in KINDS.values()}
 
 
-def encode(message: Payload) -> bytes:
-    """The message as compact JSON (members at their default left out)."""
-    return message.to_json()
-
-
 def _checked(msg: P) -> P:
     if isinstance(msg, Forecast) and msg.target_ts <= msg.issued_at:
         raise MessageError("target_ts must be after issued_at")
@@ -45,11 +42,8 @@ def decode_payload(cls: type[P], payload: bytes | str) -> P:
     """One payload of a known kind, validated (MessageError if it breaks the contract)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    decoder = _DECODERS.get(cls)
-    if decoder is None:
-        decoder = _DECODERS[cls] = msgspec.json.Decoder(cls)
     try:
-        msg = decoder.decode(payload)
+        msg = _DECODERS[cls].decode(payload)
     except msgspec.ValidationError as exc:
         raise MessageError(f"{cls.__name__}: {exc}") from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -90,10 +84,7 @@ def check_run(value: Any) -> str:
 def new_run_id(now: float | None = None) -> str:
     """A fresh run id: the UTC start time and 6 random hex digits (``20261202T150200Z-3fa9c1``);
     ids sort by start time and two simulators started in the same second still differ."""
-    import secrets
-    import time as _time
-
-    stamp = _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime(_time.time() if now is None else now))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     return f"{stamp}-{secrets.token_hex(3)}"
 
 

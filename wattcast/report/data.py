@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.contract import MODELS, Forecast, model_name
+from wattcast.contract import MODELS
 from wattcast.scoring import Scoreboard, pooled
-from wattcast.store import RunReader
+from wattcast.store import RunReader, replay_run
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
 ALL = "all"
@@ -100,15 +100,10 @@ def _rows_from_scoring(reader: RunReader, window_s: int) -> list[Row]:
     stored readings and forecasts replayed into a :class:`~wattcast.scoring.Scoreboard`, the
     collector's own rule (matching is order-independent)."""
     board = Scoreboard(window_s, reader.run)
-    for house, ts, _seq, value in reader.readings():
-        board.add_actual(house, ts, value)
-    keys = set()
-    for house, model, issued_at, target_ts, value in reader.forecasts():
-        board.add_forecast(Forecast(house, model_name(model), "-", 0, issued_at, target_ts, value, run=reader.run))
-        keys.add((house, model))
+    replay_run(reader.con, reader.run, board)
     rows = []
-    for house, model in sorted(keys):
-        m = board.metrics(house, model_name(model))
+    for house, model in sorted(board.scores):
+        m = board.metrics(house, model)
         rows.append(
             Row(
                 house,

@@ -8,7 +8,7 @@
 This package owns the store's SQL.
 """
 
-from wattcast.store.reader import RunReader, open_readonly, run_stats, runs, select_run, view_run
+from wattcast.store.reader import RunReader, open_readonly, replay_run, run_stats, runs, select_run, view_run
 from wattcast.store.schema import LAYOUT, RUN_TABLES, SCHEMA, StoreError, check_layout
 from wattcast.store.writer import Store
 
@@ -21,6 +21,7 @@ __all__ = [
     "StoreError",
     "check_layout",
     "open_readonly",
+    "replay_run",
     "run_stats",
     "runs",
     "select_run",

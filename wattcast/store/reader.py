@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wattcast.contract import Forecast, model_name
+from wattcast.scoring import Scoreboard
 from wattcast.store.schema import RUN_TABLES, StoreError, check_layout
 
 
@@ -54,6 +57,27 @@ def view_run(db: sqlite3.Connection, run: str) -> None:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def replay_run(db: sqlite3.Connection, run: str, board: Scoreboard, models: Iterable[str] | None = None) -> int:
+    """Feed what the store holds of ``run`` (its readings, and the forecasts of ``models``; default:
+    all) into ``board``, the collector's own matching rule (order-independent and idempotent: the
+    scores come out as the collector had them).  Returns the rows taken."""
+    readings = db.execute("SELECT house, ts, seq, global_active_power FROM main.readings WHERE run = ?", (run,)).fetchall()
+    for house, ts, seq, value in readings:
+        board.add_actual(house, ts, value)
+        board.reading_seqs[house].add(seq)
+    wanted = None if models is None else set(models)
+    forecasts = 0
+    for house, model, version, seq, issued, target, value, sent in db.execute(
+        "SELECT house, model, model_version, seq, issued_at, target_ts, value, reading_sent_at "
+        "FROM main.forecasts WHERE run = ?",
+        (run,),
+    ):
+        if wanted is None or model in wanted:
+            board.add_forecast(Forecast(house, model_name(model), version, seq, issued, target, value, sent, run=run))
+            forecasts += 1
+    return len(readings) + forecasts
 
 
 def open_readonly(db: Path, run: str | None = None) -> tuple[sqlite3.Connection, str]:
@@ -128,16 +152,6 @@ class RunReader:
         """(house, model, n, mse, rmse, mae, unmatched, pending) the collector wrote when the run ended."""
         return self.con.execute(
             "SELECT house, model, n, mse, rmse, mae, unmatched, pending FROM summary ORDER BY house, model"
-        ).fetchall()
-
-    def readings(self) -> list[tuple[str, int, int, float]]:
-        """(house, ts, seq, global_active_power) of every reading."""
-        return self.con.execute("SELECT house, ts, seq, global_active_power FROM readings ORDER BY house, ts").fetchall()
-
-    def forecasts(self) -> list[tuple[str, str, int, int, float]]:
-        """(house, model, issued_at, target_ts, value) of every forecast."""
-        return self.con.execute(
-            "SELECT house, model, issued_at, target_ts, value FROM forecasts ORDER BY house, model, issued_at"
         ).fetchall()
 
     def model_versions(self) -> list[tuple[str, str]]:

@@ -117,22 +117,6 @@ class Store:
     def run_stats(self, run: str) -> dict[str, Any]:
         return run_stats(self.db, run)
 
-    def run_readings(self, run: str) -> list[tuple[str, int, int, float]]:
-        """(house, ts, seq, global_active_power) of every stored reading of ``run``."""
-        return self.db.execute(
-            "SELECT house, ts, seq, global_active_power FROM readings WHERE run = ? ORDER BY house, ts", (run,)
-        ).fetchall()
-
-    def run_forecasts(self, run: str) -> list[Forecast]:
-        return [
-            Forecast(h, m, v, seq, issued, target, value, sent, run=run)
-            for h, m, v, seq, issued, target, value, sent in self.db.execute(
-                "SELECT house, model, model_version, seq, issued_at, target_ts, value, "
-                "reading_sent_at FROM forecasts WHERE run = ? ORDER BY house, model, issued_at",
-                (run,),
-            )
-        ]
-
     def run_ends(self, run: str) -> list[EndOfStream]:
         return [
             EndOfStream(h, n, last_seq, last_ts, run=run)
