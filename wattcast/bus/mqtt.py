@@ -7,6 +7,7 @@ scoring) runs on the node's own thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -14,9 +15,10 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from wattcast.bus.base import BrokerConfig, Message
+from wattcast.bus.socket import buffered
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,20 @@ def _no_delay(sock) -> None:
 
     with contextlib.suppress(AttributeError, OSError):  # e.g. a websocket or a closed socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@functools.cache
+def _client_class() -> Any:
+    """paho's Client reading through a :class:`~wattcast.bus.socket.BufferedSocket` (see there)."""
+    import paho.mqtt.client as mqtt
+
+    base: Any = mqtt.Client
+
+    class Client(base):
+        def _create_socket(self):  # paho 2.x: opens the connection's socket (and wraps it in TLS)
+            return buffered(super()._create_socket())
+
+    return Client
 
 
 @dataclass
@@ -77,7 +93,7 @@ class MqttBus:
         #: paho's wake-up socket while batched() holds it back, and the packets queued meanwhile
         self._held_wake = None
         self._held_packets = 0
-        c = mqtt.Client(
+        c: mqtt.Client = _client_class()(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=not self.session,
