@@ -19,6 +19,7 @@ from wattcast.data import to_readings
 from wattcast.evaluation import evaluate, stream_forecasts
 from wattcast.forecasters import ArtifactError, LstmModel, default_models_dir, load_model
 from wattcast.forecasters.linear import LinearModel
+from wattcast.forecasters.lstm import LstmNet
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
 
@@ -342,6 +343,42 @@ def test_lstm_forecast_unscales_the_net_output(name, readings):
     scaler = model.metadata.get("scaler")
     lo, span = (scaler["data_min"][0], scaler["data_max"][0] - scaler["data_min"][0]) if scaler else (0.0, 1.0)
     assert model.predict([q])[0] == pytest.approx(raw * span + lo, rel=1e-12)
+
+
+def reference_lstm(layers, dense, x: np.ndarray) -> np.ndarray:
+    """Keras' LSTM equations written plainly (gates i, f, c, o; float64): the oracle for LstmNet."""
+
+    def sigmoid(v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    seq = x.astype(np.float64)
+    for kernel, recurrent, bias in layers:
+        units = recurrent.shape[0]
+        h = np.zeros((len(seq), units))
+        c = np.zeros((len(seq), units))
+        outputs = []
+        for t in range(seq.shape[1]):
+            z = seq[:, t] @ kernel + h @ recurrent + bias
+            i, f, g, o = (z[:, k * units : (k + 1) * units] for k in range(4))
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+            outputs.append(h)
+        seq = np.stack(outputs, axis=1)
+    return (seq[:, -1] @ dense[0] + dense[1])[:, 0]
+
+
+@pytest.mark.parametrize("units", [(4,), (5, 3), (7, 4, 2)])
+@pytest.mark.parametrize("batch", [1, 3, 12])  # 12: above WAVEFRONT_MAX_BATCH, layer after layer
+@pytest.mark.parametrize("steps", [3, 30])  # a few steps: the initial state still matters
+def test_lstm_net_computes_keras_lstm_equations(units, batch, steps):
+    rng = np.random.default_rng(len(units) * 100 + batch)
+    features, layers, inputs = 2, [], 2
+    for u in units:
+        layers.append((rng.normal(0, 0.5, (inputs, 4 * u)), rng.normal(0, 0.5, (u, 4 * u)), rng.normal(0, 0.5, 4 * u)))
+        inputs = u
+    dense = (rng.normal(0, 0.5, (units[-1], 1)), rng.normal(0, 0.5, 1))
+    x = rng.uniform(0, 1, (batch, steps, features)).astype(np.float32)
+    np.testing.assert_allclose(LstmNet(layers, dense)(x), reference_lstm(layers, dense, x), rtol=1e-4, atol=1e-5)
 
 
 def test_missing_artifact(tmp_path):

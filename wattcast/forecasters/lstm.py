@@ -38,14 +38,20 @@ def _gates_last(w: np.ndarray, units: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([i * 0.5, f * 0.5, o * 0.5, c], axis=-1), dtype=np.float32)
 
 
+#: Bigger batches go layer after layer: the merged recurrence multiplies by zero blocks too.
+WAVEFRONT_MAX_BATCH = 8
+
+
 class LstmNet:
     """Stacked LSTM layers + Dense(1): the inference half of a Keras Sequential model."""
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dense: tuple) -> None:
         self.layers = [(k.astype(np.float32), r.astype(np.float32), b.astype(np.float32)) for k, r, b in layers]
         self.dense = (dense[0].astype(np.float32), dense[1].astype(np.float32))
-        # The same weights reordered and scaled for one tanh call per step (see _gates_last).
+        # The same weights reordered and scaled for one tanh call per step (see _gates_last),
+        # the layers merged into one recurrence (see _merged).
         self._runtime = [tuple(_gates_last(w, r.shape[0]) for w in (k, r, b)) for k, r, b in self.layers]
+        self._input, self._recurrent, self._bias, self._offsets = _merged(self._runtime)
 
     @classmethod
     def from_npz(cls, path: Path) -> LstmNet:
@@ -69,10 +75,52 @@ class LstmNet:
         """x: (batch, steps, features) -> (batch,)
 
         A predictor calls this with a handful of windows per reading, so the cost is
-        NumPy's per-call overhead, not arithmetic: every step works in preallocated
-        buffers through views made once (10 ufunc calls per step and layer).
+        NumPy's per-call overhead, not arithmetic.  For such small batches the stacked
+        layers run as one recurrence over all their units, layer ``l`` one step behind
+        layer ``l - 1`` (a wavefront: ``steps + layers - 1`` steps instead of ``steps *
+        layers``; measured about half the CPU time per call for 1 to 4 windows).  Every
+        step works in preallocated buffers through views made once (10 ufunc calls).
         """
         seq = np.asarray(x, dtype=np.float32)
+        batch, steps, _ = seq.shape
+        if batch > WAVEFRONT_MAX_BATCH:
+            return self._layered(seq)
+        offsets = self._offsets
+        layers = len(offsets)
+        units = self._recurrent.shape[0]
+        # the inputs of every step: the first layer's projections, every layer's bias
+        inputs = np.empty((steps + layers - 1, batch, 4 * units), np.float32)
+        inputs[:] = self._bias
+        inputs[:steps] += seq.transpose(1, 0, 2) @ self._input
+        z = np.empty((batch, 4 * units), np.float32)
+        sig, i, f, o, g = (
+            z[:, : 3 * units],
+            z[:, :units],
+            z[:, units : 2 * units],
+            z[:, 2 * units : 3 * units],
+            z[:, 3 * units :],
+        )
+        h = np.zeros((batch, units), np.float32)
+        c = np.zeros((batch, units), np.float32)
+        tmp = np.empty((batch, units), np.float32)
+        for step in range(steps + layers - 1):
+            np.matmul(h, self._recurrent, out=z)
+            z += inputs[step]
+            np.tanh(z, out=z)
+            sig += 1.0  # (1 + tanh(x / 2)) / 2 = sigmoid(x)
+            sig *= 0.5
+            c *= f
+            np.multiply(i, g, out=tmp)
+            c += tmp
+            np.tanh(c, out=tmp)
+            np.multiply(o, tmp, out=h)
+            if step < layers - 1:  # the later layers have not started: their state stays zero
+                h[:, offsets[step + 1] :] = 0.0
+                c[:, offsets[step + 1] :] = 0.0
+        return (h[:, offsets[-1] :] @ self.dense[0] + self.dense[1])[:, 0]
+
+    def _layered(self, seq: np.ndarray) -> np.ndarray:
+        """Layer after layer: fewer operations than the wavefront, more NumPy calls (big batches)."""
         batch, steps, _ = seq.shape
         last = len(self._runtime) - 1
         for n, (kernel, recurrent, bias) in enumerate(self._runtime):
@@ -107,6 +155,37 @@ class LstmNet:
             if out is not None:
                 seq = out.transpose(1, 0, 2)
         return (h @ self.dense[0] + self.dense[1])[:, 0]
+
+
+def _merged(layers: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Stacked LSTM layers as one recurrence over all their units.
+
+    The state ``h`` holds every layer's units side by side (layer ``l`` from
+    ``offsets[l]``), and each gate block of the merged weights every layer's
+    columns of that gate.  The recurrent matrix carries each layer's recurrent kernel
+    on its diagonal block and, above it, each later layer's input kernel: one step
+    advances layer 0 to time ``t`` and layer ``l`` to time ``t - l`` from the states
+    of the step before.  Returns (first layer's input kernel, merged recurrent kernel,
+    merged bias, offsets), gates in the order of :func:`_gates_last`.
+    """
+    sizes = [r.shape[0] for _, r, _ in layers]
+    offsets = [int(sum(sizes[:n])) for n in range(len(sizes))]
+    total = int(sum(sizes))
+    kernel0 = np.zeros((layers[0][0].shape[0], 4 * total), np.float32)
+    recurrent = np.zeros((total, 4 * total), np.float32)
+    bias = np.zeros(4 * total, np.float32)
+    for n, ((kernel, rec, b), size, at) in enumerate(zip(layers, sizes, offsets, strict=True)):
+        for gate in range(4):
+            cols = slice(gate * total + at, gate * total + at + size)
+            own = slice(gate * size, (gate + 1) * size)
+            recurrent[at : at + size, cols] = rec[:, own]
+            bias[cols] = b[own]
+            if n == 0:
+                kernel0[:, cols] = kernel[:, own]
+            else:
+                prev = offsets[n - 1]
+                recurrent[prev : prev + sizes[n - 1], cols] = kernel[:, own]
+    return kernel0, recurrent, bias, offsets
 
 
 class LstmForecaster(Forecaster):
