@@ -548,6 +548,85 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
     assert not runner.is_alive() and minutes() == 30
 
 
+def test_with_the_collector_awaited_the_models_are_followed_through_its_complete_minute(val):
+    import threading
+
+    hub = MemoryHub()
+    watcher = hub.connect()
+    watcher.subscribe(ALL_READINGS)
+    collector = hub.connect()
+    sim_bus = hub.connect()
+    sim_bus.inbox = inbox = WatchedInbox()
+    sim = Simulator(
+        sim_bus,
+        house_streams(val, 1, limit=30),
+        speed=None,
+        progress=lambda line: None,
+        await_models=("lstm", "linear"),
+        await_nodes=("collector",),
+        window=3,
+        stall_s=600.0,
+    )
+    assert sim_bus.filters == ["wattcast/v1/progress/collector"]  # no forecast topic: the collector tells
+    runner = threading.Thread(target=sim.run, daemon=True)
+    runner.start()
+
+    def progress(seq: int, complete: int) -> None:
+        p = Progress("collector", "h000", seq, complete, 1, run=sim.run_id)
+        collector.publish(p.topic, p.to_json(), qos=0)
+
+    settled(inbox)
+    assert len(watcher.inbox.queue) == 4  # minute 0 (no forecast follows it) and 3 in flight
+    progress(3, 0)  # every reading stored, the models' forecasts only up to minute 0
+    settled(inbox)
+    assert len(watcher.inbox.queue) == 4  # minute 4 waits for the forecasts of minute 1
+    progress(3, 2)
+    settled(inbox)
+    assert len(watcher.inbox.queue) == 6  # minutes 0..5: 3 ahead of minute 2
+    progress(3, 3)
+    settled(inbox)
+    assert len(watcher.inbox.queue) == 7  # minutes 0..6; minute 7 waits for reading 4 to be stored
+    progress(29, 29)
+    runner.join(timeout=60)
+    assert not runner.is_alive() and len(watcher.inbox.queue) == 30
+
+
+def test_models_followed_through_the_collector_stop_being_awaited_when_its_complete_stalls(val):
+    import threading
+
+    hub = MemoryHub()
+    collector = hub.connect()
+    sim_bus = hub.connect()
+    stop = threading.Event()
+    sim = Simulator(
+        sim_bus,
+        house_streams(val, 1, limit=20),
+        speed=None,
+        progress=lambda line: None,
+        await_models=("lstm",),
+        await_nodes=("collector",),
+        window=2,
+        stall_s=0.5,
+    )
+    watcher = hub.connect()
+    watcher.subscribe(ALL_READINGS)
+
+    def collector_stores_readings() -> None:  # every reading stored, the lstm forecasts never complete
+        while not stop.wait(0.05):
+            newest = [decode(m.topic, m.payload).seq for m in list(watcher.inbox.queue)]
+            if newest:
+                p = Progress("collector", "h000", max(newest), 0, 1, run=sim.run_id)
+                collector.publish(p.topic, p.to_json(), qos=0)
+
+    threading.Thread(target=collector_stores_readings, daemon=True).start()
+    replay = threading.Thread(target=sim.run, args=(stop.is_set,))
+    replay.start()
+    replay.join(timeout=30)
+    stop.set()
+    replay.join()
+    assert sim.published == 20 and sim.await_models == set() and sim.await_nodes == {"collector"}
+
+
 def test_a_silent_model_stops_being_awaited_although_node_statuses_keep_coming(val):
     import threading
 
