@@ -118,21 +118,12 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
             if len(columns) == 1:
                 hint = " (wrong separator? the UCI file uses ';', the cleaned CSV ',')"
             raise DataError(f"{path}: missing column(s) {', '.join(what)}{hint}")
-        try:
-            raw = pd.read_csv(
-                fh,
-                sep=sep,
-                names=columns,
-                header=None,
-                dtype=str,
-                na_values=["?", ""],
-                keep_default_na=False,
-                engine="c",
-            )
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a well-formed {sep!r}-separated file: {str(exc).splitlines()[0]}") from None
+        raw = _read_rows(path, fh, sep, columns, numeric=True)
+    if raw is None:  # a value that is not a number: read as text again, to name it (below)
+        with _open_text(path) as fh:
+            fh.readline()
+            raw = _read_rows(path, fh, sep, columns, numeric=False)
+    assert raw is not None
     if raw.empty:
         raise DataError(f"{path}: the file has a header but no rows")
     rows_raw = len(raw)
@@ -143,7 +134,7 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
         stamp = pd.to_datetime(raw["Datetime"], errors="coerce", format="ISO8601")
         bad_what = "Datetime"
     else:
-        stamp = pd.to_datetime(raw["Date"] + " " + raw["Time"], format="%d/%m/%Y %H:%M:%S", errors="coerce")
+        stamp = _date_and_time(raw["Date"], raw["Time"])
         bad_what = "Date/Time"
     if stamp.isna().any():
         i = int(np.flatnonzero(stamp.isna().to_numpy())[0])
@@ -193,6 +184,50 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
     out.attrs["duplicates_dropped"] = duplicates
     out.attrs["source_rows"] = source_rows
     return out
+
+
+def _read_rows(path: Path, fh: io.TextIOBase, sep: str, columns: list[str], numeric: bool) -> pd.DataFrame | None:
+    """The rows after the header; with ``numeric`` the measurements parsed as floats by the CSV
+    reader itself (None if one is not a number), else every column as text."""
+    dtype: Any = {c: np.float64 if c in UCI_COLUMNS else str for c in columns} if numeric else str
+    try:
+        return pd.read_csv(
+            fh,
+            sep=sep,
+            names=columns,
+            header=None,
+            dtype=dtype,
+            na_values=["?", ""],
+            keep_default_na=False,
+            engine="c",
+        )
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a well-formed {sep!r}-separated file: {str(exc).splitlines()[0]}") from None
+    except ValueError:
+        if numeric:
+            return None
+        raise
+
+
+def _date_and_time(date: pd.Series, time: pd.Series) -> pd.Series:
+    """The UCI file's ``d/m/yyyy`` and ``hh:mm:ss`` columns as one datetime column (NaT where invalid).
+
+    A day has 1,440 minutes: each distinct date and each distinct time is parsed once
+    (strptime over every row of the full data set took about 10 s of CPU).
+    """
+    date_codes, dates = pd.factorize(date)
+    time_codes, times = pd.factorize(time)
+    epoch = pd.Timestamp("1970-01-01")
+    day_s = (pd.to_datetime(pd.Series(dates), format="%d/%m/%Y", errors="coerce") - epoch) // pd.Timedelta(seconds=1)
+    clock = pd.to_datetime(pd.Series(times), format="%H:%M:%S", errors="coerce")
+    clock_s = (clock - clock.dt.normalize()) // pd.Timedelta(seconds=1)
+    seconds = day_s.to_numpy(np.float64)[date_codes] + clock_s.to_numpy(np.float64)[time_codes]  # NaN: invalid
+    stamp = pd.Series(pd.NaT, index=date.index, dtype="datetime64[us]")
+    ok = ~np.isnan(seconds)
+    stamp[ok] = (seconds[ok].astype(np.int64) * 1_000_000).astype("datetime64[us]")
+    return stamp
 
 
 def data_notes(info: dict[str, Any]) -> list[str]:
