@@ -344,3 +344,13 @@ def test_full_data_set_other_seed(full, monkeypatch):
     assert other.info["block"] != full.split.info["block"]
     start = subset_bounds(len(full.df), 0.01, 1)[0]
     assert other.train["datetime"].iloc[0] == full.df["datetime"].iloc[start]
+
+
+def test_dates_and_times_parsed_once_each_equal_parsing_every_row():
+    date = pd.Series(["16/12/2006", "16/12/2006", "1/1/2007", "31/02/2007", "29/2/2008", "1/13/2007", "7/3/2010"])
+    time = pd.Series(["17:24:00", "23:59:00", "00:00:00", "12:00:00", "25:00:00", "10:00:00", "9:05:07"])
+    expected = pd.to_datetime(date + " " + time, format="%d/%m/%Y %H:%M:%S", errors="coerce")
+    got = data._date_and_time(date, time)
+    assert got.isna().tolist() == [False, False, False, True, True, True, False]
+    assert got.dtype == expected.dtype
+    pd.testing.assert_series_equal(got, expected)
