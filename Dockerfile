@@ -13,8 +13,11 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- runtime -----------------------------------------------------------------------
 FROM python:3.11-slim-bookworm
+# OPENBLAS_NUM_THREADS=1: a node multiplies tiny matrices; a BLAS thread pool per node
+# only costs start-up CPU and competes for the cores (wattcast/config.py).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    OPENBLAS_NUM_THREADS=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.config import (
+    ENV_BLAS_THREADS,
     ENV_BROKER,
     ENV_PASSWORD,
     ENV_USERNAME,
@@ -107,6 +108,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     env = dict(os.environ)
     for var in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD):
         env.pop(var, None)
+    env.setdefault(ENV_BLAS_THREADS, "1")
     common = ["--broker", config.url]
 
     def login(node: str) -> dict[str, str]:
