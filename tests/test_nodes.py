@@ -938,3 +938,14 @@ def test_a_forecast_a_model_cannot_give_is_counted_not_published(val):
     node.handle([msg(r) for r in readings])
     assert node.stats.counters["bad_forecasts"] == 1
     assert [f.seq for f in forecasts_of(bus)] == [2]
+
+
+def test_a_status_after_another_keeps_what_a_last_will_lacks():
+    from wattcast.contract import Status
+
+    final = Status("predictor-lstm", "online", "predictor", 2.0, {"forecasts": 7}, "lstm")
+    will = Status("predictor-lstm", "offline", "predictor")
+    assert will.after(final) == Status("predictor-lstm", "offline", "predictor", None, {"forecasts": 7}, "lstm")
+    assert will.after(None) is will
+    fresh = Status("predictor-lstm", "online", "predictor", 3.0, {"forecasts": 1}, "lstm")
+    assert fresh.after(final) is fresh

@@ -238,6 +238,17 @@ class Status(Payload, frozen=True, omit_defaults=True):
     def topic(self) -> str:
         return status_topic(self.node)
 
+    def after(self, before: Status | None) -> Status:
+        """This status as its node's newest, ``before`` the one it replaces: a last will carries no
+        counters, so the node's final counters (and its model) are kept from before."""
+        if before is None or (self.counters is not None and self.model is not None):
+            return self
+        return msgspec.structs.replace(
+            self,
+            counters=self.counters if self.counters is not None else before.counters,
+            model=self.model if self.model is not None else before.model,
+        )
+
 
 class Progress(Payload, frozen=True, omit_defaults=True):
     """How far a node has handled the reading stream: the newest reading it handled, in arrival order

@@ -57,11 +57,7 @@ class Watcher:
                 continue
             if isinstance(msg, Status):
                 if (msg.ts or 0) >= self.since:
-                    before = self.statuses.get(msg.node)
-                    if msg.counters is None and before is not None and before.counters:
-                        # a last will carries no counters: keep the node's final ones
-                        msg = Status(msg.node, msg.state, msg.role, msg.ts, before.counters)
-                    self.statuses[msg.node] = msg
+                    msg = self.statuses[msg.node] = msg.after(self.statuses.get(msg.node))
                     if msg.state == "online":
                         self.started.add(msg.node)
             elif isinstance(msg, Metrics) and self.view is not None:

@@ -82,12 +82,14 @@ class Store:
         )
 
     def set_node(self, s: Status) -> None:
-        """The node's newest status; a last will (no counters) keeps the counters stored before."""
+        """The node's newest status (:meth:`Status.after` the one stored: a last will keeps the counters)."""
+        row = self.db.execute("SELECT role, state, ts, counters, model FROM nodes WHERE node = ?", (s.node,)).fetchone()
+        if row is not None:
+            role, state, ts, counters, model = row
+            s = s.after(Status(s.node, state, role, ts, json.loads(counters), model))
         self.db.execute(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET role = excluded.role, "
-            "state = excluded.state, ts = excluded.ts, model = COALESCE(excluded.model, nodes.model), "
-            "counters = CASE WHEN ? THEN excluded.counters ELSE nodes.counters END",
-            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model, s.counters is not None),
+            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
+            (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model),
         )
 
     def set_summary(self, metrics: Iterable[Metrics]) -> None:
