@@ -62,7 +62,8 @@ class RunState:
             return False
         if not set(self.board.actuals) <= set(self.ends):
             return False
-        return all(self.board.last_forecast_seq.get((h, m), -1) >= self.ends[h].last_seq for h in self.ends for m in models)
+        seqs = self.board.forecast_seqs
+        return all(seqs[(h, m)].newest >= self.ends[h].last_seq for h in self.ends for m in models)
 
 
 class CollectorNode:

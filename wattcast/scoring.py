@@ -98,15 +98,18 @@ def rolling_mse(ts, errors, window_s: int) -> list[float]:
 class SeqPrefix:
     """The longest run of sequence numbers ``start, start + 1, ...`` seen so far, holes remembered."""
 
-    __slots__ = ("next", "ahead")
+    __slots__ = ("next", "ahead", "newest")
 
     def __init__(self, start: int = 0) -> None:
         self.next = start
         self.ahead: set[int] = set()
+        #: the highest seq seen, holes or not (-1: none)
+        self.newest = -1
 
     def add(self, seq: int) -> None:
         if seq < self.next:
             return
+        self.newest = max(self.newest, seq)
         self.ahead.add(seq)
         while self.next in self.ahead:
             self.ahead.discard(self.next)
@@ -129,7 +132,6 @@ class Scoreboard:
         self.waiting: dict[str, dict[int, list[Forecast]]] = defaultdict(lambda: defaultdict(list))
         self.seen: dict[tuple[str, str, int], float] = {}  # forecast key -> value
         self.scores: dict[tuple[str, ModelName], ModelScore] = {}
-        self.last_forecast_seq: dict[tuple[str, str], int] = {}
         #: per house the readings' seqs, per (house, model) the forecasts' (the first comes after reading 1)
         self.reading_seqs: dict[str, SeqPrefix] = defaultdict(SeqPrefix)
         self.forecast_seqs: dict[tuple[str, str], SeqPrefix] = defaultdict(lambda: SeqPrefix(1))
@@ -181,8 +183,6 @@ class Scoreboard:
         self.seen[key] = f.value
         self.forecast_seqs[(f.house, f.model)].add(f.seq)
         self._score(f.house, f.model)
-        mkey = (f.house, f.model)
-        self.last_forecast_seq[mkey] = max(self.last_forecast_seq.get(mkey, -1), f.seq)
         actual = self.actuals[f.house].get(f.target_ts)
         if actual is None:
             self.waiting[f.house][f.target_ts].append(f)
