@@ -16,6 +16,9 @@ from wattcast.bus import BrokerConfig
 ENV_BROKER = "WATTCAST_BROKER"  # mqtt://host:port
 ENV_USERNAME = "WATTCAST_MQTT_USERNAME"
 ENV_PASSWORD = "WATTCAST_MQTT_PASSWORD"
+ENV_CA_FILE = "WATTCAST_MQTT_CA_FILE"
+ENV_CERT_FILE = "WATTCAST_MQTT_CERT_FILE"
+ENV_KEY_FILE = "WATTCAST_MQTT_KEY_FILE"
 ENV_HOUSES = "WATTCAST_HOUSES"
 ENV_SPEED = "WATTCAST_SPEED"
 ENV_MODEL = "WATTCAST_MODEL"
@@ -133,14 +136,28 @@ def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | No
         default=default,
         required=required and default is None,
         type=broker_url,
-        help=f"MQTT broker URL mqtt://host:port (env {ENV_BROKER}; default %(default)s)",
+        help=f"MQTT broker URL mqtt://host:port, mqtts://host:port for TLS (env {ENV_BROKER}; default %(default)s)",
     )
     parser.add_argument("--username", default=env.get(ENV_USERNAME), help=f"MQTT user name (env {ENV_USERNAME})")
     parser.add_argument("--password", default=env.get(ENV_PASSWORD), help=f"MQTT password (env {ENV_PASSWORD})")
+    parser.add_argument(
+        "--ca-file",
+        default=env.get(ENV_CA_FILE),
+        help=f"TLS: the CA certificate that signed the broker's (env {ENV_CA_FILE}; default: the system's CAs)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        default=env.get(ENV_CERT_FILE),
+        help=f"TLS: this client's certificate, for a broker that requires one (env {ENV_CERT_FILE})",
+    )
+    parser.add_argument(
+        "--key-file", default=env.get(ENV_KEY_FILE), help=f"TLS: the key of --cert-file (env {ENV_KEY_FILE})"
+    )
 
 
 def broker_from_args(args: argparse.Namespace) -> BrokerConfig:
-    return BrokerConfig.from_url(args.broker, args.username, args.password)
+    """The broker of a node's arguments; ValueError (one line) for TLS files without an mqtts:// URL."""
+    return BrokerConfig.from_url(args.broker, args.username, args.password, args.ca_file, args.cert_file, args.key_file)
 
 
 def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:

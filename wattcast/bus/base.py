@@ -51,33 +51,66 @@ def topic_matches(pattern: str, topic: str) -> bool:
     return len(p) == len(t)
 
 
+#: URL scheme -> (TLS, default port)
+SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Where and how a node connects: built once at the entry point."""
+    """Where and how a node connects: built once at the entry point.
+
+    ``tls`` (an ``mqtts://`` URL) encrypts the connection and checks the broker's
+    certificate against ``ca_file`` (default: the system's trusted CAs);
+    ``cert_file`` and ``key_file`` are the client's own certificate, for brokers that
+    require one.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, username: str | None = None, password: str | None = None) -> BrokerConfig:
-        """``mqtt://[user:pass@]host[:port]`` (or plain ``host:port``)."""
+    def from_url(
+        cls,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> BrokerConfig:
+        """``mqtt://[user:pass@]host[:port]``, ``mqtts://...`` for TLS (or plain ``host:port``)."""
         if "://" not in url:
             url = "mqtt://" + url
         u = urlparse(url)
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://host:port)")
+        if u.scheme not in SCHEMES:
+            raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://host:port, or mqtts:// for TLS)")
         if not u.hostname:
             raise ValueError(f"broker URL without a host: {url!r}")
+        tls, default_port = SCHEMES[u.scheme]
+        files = {"--ca-file": ca_file, "--cert-file": cert_file, "--key-file": key_file}
+        given = [flag for flag, path in files.items() if path]
+        if given and not tls:
+            raise ValueError(f"{', '.join(given)} need a TLS broker URL (mqtts://host:port), got {u.scheme}://")
+        if key_file and not cert_file:
+            raise ValueError("--key-file needs --cert-file (the client certificate it belongs to)")
         return cls(
             host=u.hostname,
-            port=u.port or 1883,
+            port=u.port or default_port,
             username=u.username or username,
             password=u.password or password,
+            tls=tls,
+            ca_file=ca_file or None,
+            cert_file=cert_file or None,
+            key_file=key_file or None,
         )
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"

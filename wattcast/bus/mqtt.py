@@ -10,11 +10,13 @@ import contextlib
 import functools
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from wattcast.bus.base import BrokerConfig, Message
@@ -37,6 +39,21 @@ def _no_delay(sock) -> None:
 
     with contextlib.suppress(AttributeError, OSError):  # e.g. a websocket or a closed socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _use_tls(client: Any, broker: BrokerConfig) -> None:
+    """TLS with the broker's CA (default: the system's) and the client's own certificate, if any."""
+    for what, path in (
+        ("CA file", broker.ca_file),
+        ("client certificate", broker.cert_file),
+        ("client key", broker.key_file),
+    ):
+        if path and not Path(path).is_file():
+            raise ValueError(f"TLS {what} not found: {path}")
+    try:
+        client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"TLS files for {broker.url} cannot be used: {exc}") from None
 
 
 @functools.cache
@@ -103,6 +120,8 @@ class MqttBus:
             c.username_pw_set(self.broker.username, self.broker.password)
         if self.will:
             c.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        if self.broker.tls:
+            _use_tls(c, self.broker)
         c.max_inflight_messages_set(self.max_inflight)
         if self.manual_ack:
             c.manual_ack_set(True)
@@ -150,6 +169,13 @@ class MqttBus:
         """Connect and start the network loop; raises ConnectionError with one clear line."""
         try:
             self.client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectionError(
+                f"TLS: the MQTT broker at {self.broker.url} has a certificate this node does not trust: "
+                f"{exc.verify_message} (--ca-file names the CA that signed it)"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS handshake with the MQTT broker at {self.broker.url} failed: {exc}") from None
         except OSError as exc:
             raise ConnectionError(f"cannot reach MQTT broker at {self.broker.url}: {exc}") from None
         self.client.loop_start()
@@ -158,6 +184,15 @@ class MqttBus:
             if self.refused or time.monotonic() > deadline:  # a refusal is final: do not wait out the timeout
                 self.client.loop_stop()
                 why = self.refused or "no answer"
+                if not self.refused and self._disconnects:
+                    hint = (
+                        "a TLS listener? use mqtts://host:port"
+                        if not self.broker.tls
+                        else "does it require a client certificate? --cert-file"
+                        if not self.broker.cert_file
+                        else "does it accept this client certificate?"
+                    )
+                    why = f"it closed the connection without an answer ({hint})"
                 raise ConnectionError(f"MQTT broker at {self.broker.url} did not accept the connection: {why}")
         return self
 

@@ -33,6 +33,9 @@ class RunOptions:
     broker_kind: str | None = None
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     models: list[str] = field(default_factory=lambda: list(MODELS))
     models_dir: str | None = None
     speed: float | None = None  # None: as fast as flow control allows
@@ -57,7 +60,9 @@ class RunError(RuntimeError):
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument(
-        "--broker", default=None, help="use this broker (mqtt://host:port); default: start a private one on a free port"
+        "--broker",
+        default=None,
+        help="use this broker (mqtt://host:port, mqtts:// for TLS); default: start a private one on a free port",
     )
     p.add_argument(
         "--broker-kind",
@@ -67,6 +72,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--username", default=None, help="MQTT user name for --broker")
     p.add_argument("--password", default=None, help="MQTT password for --broker")
+    p.add_argument("--ca-file", default=None, help="TLS (--broker mqtts://): the CA that signed the broker's certificate")
+    p.add_argument("--cert-file", default=None, help="TLS: a client certificate, for a broker that requires one")
+    p.add_argument("--key-file", default=None, help="TLS: the key of --cert-file")
     p.add_argument(
         "--models",
         nargs="+",

@@ -13,6 +13,9 @@ from wattcast.bus import BrokerConfig, MqttBus
 from wattcast.config import (
     ENV_BLAS_THREADS,
     ENV_BROKER,
+    ENV_CA_FILE,
+    ENV_CERT_FILE,
+    ENV_KEY_FILE,
     ENV_PASSWORD,
     ENV_USERNAME,
 )
@@ -86,7 +89,9 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     # they leave retained are cleared at the end.
     suffix = ""
     if args.broker:
-        config = BrokerConfig.from_url(args.broker, args.username, args.password)
+        config = BrokerConfig.from_url(
+            args.broker, args.username, args.password, args.ca_file, args.cert_file, args.key_file
+        )
         broker_kind = "external"
     else:
         try:
@@ -109,6 +114,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     for var in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD):
         env.pop(var, None)
     env.setdefault(ENV_BLAS_THREADS, "1")
+    for var, path in ((ENV_CA_FILE, config.ca_file), (ENV_CERT_FILE, config.cert_file), (ENV_KEY_FILE, config.key_file)):
+        env.pop(var, None)
+        if path:  # absolute: the nodes may run in another folder
+            env[var] = str(Path(path).resolve())
     common = ["--broker", config.url]
 
     def login(node: str) -> dict[str, str]:
