@@ -1,6 +1,6 @@
 """MQTT over TLS (mqtts://) against a real mosquitto TLS listener on loopback.
 
-The test makes its own CA and certificates (cryptography); nothing is committed.
+The tests make their own CA and certificates (cryptography, a dev dependency); nothing is committed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from wattcast.broker import PrivateBroker, mosquitto_binary
 from wattcast.bus import BrokerConfig, MqttBus
@@ -23,11 +27,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto (apt-get install mosquitto)"),
 ]
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 NOW = dt.datetime.now(dt.UTC)
 
