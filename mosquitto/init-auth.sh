@@ -51,7 +51,34 @@ cp "$src_dir/acl" "$auth_dir/acl.new"
 mv "$new" "$auth_dir/passwd"
 mv "$auth_dir/acl.new" "$auth_dir/acl"
 chmod 600 "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/healthcheck.password"
-if id mosquitto > /dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    chown mosquitto:mosquitto "$auth_dir" "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/healthcheck.password"
+
+# TLS: a second listener (port $WATTCAST_TLS_PORT, default 8883) when the certificates
+# folder ($WATTCAST_CERTS_DIR, made by `wattcast broker certs`) holds the broker's
+# certificate; mosquitto.conf includes $auth_dir/listeners.  Without it, no TLS listener.
+certs_dir="${WATTCAST_CERTS_DIR:-}"
+mkdir -p "$auth_dir/listeners"
+rm -f "$auth_dir/listeners/tls.conf"
+tls=""
+if [ -n "$certs_dir" ] && [ -f "$certs_dir/broker.pem" ]; then
+    for f in ca.pem broker.pem broker.key; do
+        if [ ! -f "$certs_dir/$f" ]; then
+            echo "mosquitto-init: error: $certs_dir/$f is missing (make the folder with 'wattcast broker certs')" >&2
+            exit 1
+        fi
+        cp "$certs_dir/$f" "$auth_dir/tls-$f"
+        chmod 600 "$auth_dir/tls-$f"
+    done
+    cat > "$auth_dir/listeners/tls.conf" <<EOF
+listener ${WATTCAST_TLS_PORT:-8883}
+use_username_as_clientid true
+cafile $auth_dir/tls-ca.pem
+certfile $auth_dir/tls-broker.pem
+keyfile $auth_dir/tls-broker.key
+EOF
+    tls=" and a TLS listener on port ${WATTCAST_TLS_PORT:-8883}"
 fi
-echo "mosquitto-init: password file with users: $users healthcheck"
+
+if id mosquitto > /dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    chown -R mosquitto:mosquitto "$auth_dir"
+fi
+echo "mosquitto-init: password file with users: $users healthcheck$tls"

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helpers import REPO
 
 from wattcast.broker import PrivateBroker, mosquitto_binary
 from wattcast.bus import BrokerConfig, MqttBus
@@ -209,3 +210,54 @@ def test_a_run_over_tls_scores_exactly_as_over_tcp(broker_over_tls, pki, tmp_pat
     for model in ("persistence", "linear"):
         assert over_tls["models"][model]["n"] == over_tcp["models"][model]["n"] > 150
         assert over_tls["models"][model]["mse"] == pytest.approx(over_tcp["models"][model]["mse"], rel=1e-12)
+
+
+def test_broker_certs_make_the_compose_broker_a_tls_listener(tmp_path):
+    import secrets
+    import shutil
+    import stat
+
+    from wattcast.broker import free_port
+    from wattcast.credentials import USERS, deployment_conf, password_env_var
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs mosquitto_passwd")
+    certs = tmp_path / "certs"
+
+    def certs_cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "wattcast", "broker", "certs", "--out", str(certs), "--host", "127.0.0.1", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    made = certs_cli()
+    assert made.returncode == 0, made.stderr
+    names = {p.name for p in certs.iterdir()}
+    assert {"ca.pem", "ca.key", "broker.pem", "broker.key", "viewer.pem", "viewer.key"} <= names
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in certs.iterdir())
+    again = certs_cli()
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
+
+    passwords = {u: secrets.token_urlsafe(16) for u in USERS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
+    env.update({password_env_var(u): p for u, p in passwords.items()})
+    tls_port = free_port()
+    auth = tmp_path / "auth"
+    env.update(WATTCAST_AUTH_DIR=str(auth), WATTCAST_CERTS_DIR=str(certs), WATTCAST_TLS_PORT=str(tls_port))
+    init = subprocess.run(["sh", str(REPO / "mosquitto" / "init-auth.sh")], env=env, capture_output=True, text=True)
+    assert init.returncode == 0 and f"TLS listener on port {tls_port}" in init.stdout, init.stderr
+    broker = PrivateBroker(common=False, anonymous=False, extra_conf=deployment_conf(auth), prefer="mosquitto").start()
+    try:
+        viewer = {"username": "viewer", "password": passwords["viewer"]}
+        over_tls = BrokerConfig.from_url(f"mqtts://127.0.0.1:{tls_port}", ca_file=str(certs / "ca.pem"), **viewer)
+        plain = BrokerConfig.from_url(broker.url, **viewer)
+        for config, client_id in ((over_tls, "viewer-tls"), (plain, "viewer-plain")):
+            b = MqttBus(config, client_id=client_id, session=False).connect(timeout=10)
+            b.close()
+        stranger = BrokerConfig.from_url(f"mqtts://127.0.0.1:{tls_port}", ca_file=str(certs / "ca.pem"), username="viewer")
+        with pytest.raises(ConnectionError, match="Not authorized|Bad user name or password"):  # the same logins as 1883
+            MqttBus(stranger, client_id="x", session=False).connect(timeout=10)
+    finally:
+        broker.close()
+    # without certificates, no TLS listener
+    env["WATTCAST_CERTS_DIR"] = str(tmp_path / "empty")
+    init = subprocess.run(["sh", str(REPO / "mosquitto" / "init-auth.sh")], env=env, capture_output=True, text=True)
+    assert init.returncode == 0 and "TLS" not in init.stdout and not (auth / "listeners" / "tls.conf").exists()

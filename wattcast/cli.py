@@ -147,6 +147,12 @@ def cmd_broker_passwd(args: argparse.Namespace) -> int:
     return passwd_command(args)
 
 
+def cmd_broker_certs(args: argparse.Namespace) -> int:
+    from wattcast.certs import certs_command
+
+    return certs_command(args)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from wattcast.config import broker_from_args
     from wattcast.watch import watch
@@ -239,13 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
 
-    bk = sub.add_parser("broker", help="credentials of the compose deployment's broker")
+    bk = sub.add_parser("broker", help="credentials and certificates of the compose deployment's broker")
     bsub = bk.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     bp = bsub.add_parser("passwd", help="create the MQTT passwords (.env for docker compose; random unless given)")
     from wattcast.credentials import add_passwd_args
 
     add_passwd_args(bp)
     bp.set_defaults(func=cmd_broker_passwd)
+    bc = bsub.add_parser("certs", help="make a private CA and the broker's and users' TLS certificates")
+    from wattcast.certs import add_certs_args
+
+    add_certs_args(bc)
+    bc.set_defaults(func=cmd_broker_certs)
     return p
 
 

@@ -219,6 +219,7 @@ def prepare_auth_dir(auth_dir: str | Path, passwords: Mapping[str, str], acl: st
     auth_dir = Path(auth_dir)
     write_password_file(auth_dir / "passwd", passwords)
     write_private(auth_dir / "acl", Path(acl).read_text())
+    (auth_dir / "listeners").mkdir(exist_ok=True)  # mosquitto.conf includes it (init-auth.sh: a TLS listener)
     return auth_dir
 
 
