@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from wattcast.config import (
     ENV_MODELS,
+    ENV_PROMETHEUS_HOST,
+    ENV_PROMETHEUS_PORT,
     ENV_STORE,
     Parser,
     add_node_args,
     broker_from_args,
     env_default,
     non_negative_float,
+    port_number,
     positive_float,
     positive_int,
     setup_logging,
@@ -50,6 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exit once the replays that sent anything since the start are scored: 0 if complete, "
         f"{EXIT_INCOMPLETE} if a reading or forecast is missing or conflicting",
     )
+    p.add_argument(
+        "--prometheus-port",
+        type=port_number,
+        default=env_default(ENV_PROMETHEUS_PORT),
+        help=f"serve the scores and node counters for Prometheus at http://HOST:PORT/metrics (0: a free port; "
+        f"env {ENV_PROMETHEUS_PORT}; default: not served)",
+    )
+    p.add_argument(
+        "--prometheus-host",
+        default=env_default(ENV_PROMETHEUS_HOST, "127.0.0.1"),
+        help=f"address of /metrics (env {ENV_PROMETHEUS_HOST}; default %(default)s; 0.0.0.0 in a container)",
+    )
     add_node_args(p, "collector")
     return p.parse_args(argv)
 
@@ -61,17 +77,33 @@ def main(argv: list[str] | None = None) -> int:
     from wattcast.node import StopFlag, connect, serve
     from wattcast.store import Store
 
+    exporter = None  # /metrics first: a port in use fails before anything else starts
+    if args.prometheus_port is not None:
+        from collector.prometheus import Exporter
+
+        exporter = Exporter()
+        try:
+            port = exporter.serve(int(args.prometheus_port), args.prometheus_host)
+        except OSError as exc:
+            where = f"{args.prometheus_host}:{args.prometheus_port}"
+            print(f"collector: error: cannot serve /metrics on {where}: {exc}", file=sys.stderr)
+            return 1
+        logging.getLogger("collector").info(
+            "collector: Prometheus metrics at http://%s:%d/metrics", args.prometheus_host, port
+        )
     stop = StopFlag()
     try:
         store = Store(args.store)
         bus = connect(broker_from_args(args), args.node, "collector", manual_ack=True)
-    except (ConnectionError, ValueError, OSError) as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # OSError, ConnectionError, sqlite3.Error and friends: one line, no traceback
+        if exporter is not None:
+            exporter.close()
+        known = isinstance(exc, ConnectionError | ValueError | OSError)
+        print(f"collector: error: {exc if known else f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         return 1
-    except Exception as exc:  # sqlite3.Error and friends: one line, no traceback
-        print(f"collector: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    node = CollectorNode(bus, store, tuple(args.models), args.window * 60, args.metrics_every, args.drain, args.node)
+    node = CollectorNode(
+        bus, store, tuple(args.models), args.window * 60, args.metrics_every, args.drain, args.node, exporter
+    )
     bus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS, ALL_STATUS)
 
     def tick() -> bool:
@@ -82,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bus.close()
         store.close()
+        if exporter is not None:
+            exporter.close()
     if args.exit_on_end and node.finished and node.failed:
         # scored, but not all there (a loss) or not all agreeing (a conflict): never a silent 0
         print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from array import array
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progr
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
 from wattcast.store import Store, replay_run
+
+if TYPE_CHECKING:
+    from collector.prometheus import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,11 @@ class CollectorNode:
         metrics_every: float = 1.0,
         drain_s: float = 30.0,
         node: str = "collector",
+        exporter: Exporter | None = None,
     ) -> None:
         self.bus = bus
+        #: the scores for Prometheus (--prometheus-port), if served
+        self.exporter = exporter
         self.store = store
         self.models = tuple(model_name(m) for m in models)
         self.window_s = window_s
@@ -121,6 +128,8 @@ class CollectorNode:
             return state
         for old in [r for r, st in self.runs.items() if st.finished]:
             del self.runs[old]
+            if self.exporter is not None:
+                self.exporter.forget(old)
         state = self.runs[run] = RunState(run, self.window_s)
         rows = state.restore(self.store, self.models)
         if rows:
@@ -172,6 +181,8 @@ class CollectorNode:
                 continue
             if isinstance(msg, Status):
                 self.store.set_node(msg)
+                if self.exporter is not None:
+                    self.exporter.status(msg)
                 continue
             if not isinstance(msg, Reading | Forecast | EndOfStream):
                 continue
@@ -210,6 +221,8 @@ class CollectorNode:
                     continue
                 c["forecasts"] += 1
                 forecasts.append((msg, message.received_at))
+                if self.exporter is not None:
+                    self.exporter.forecast(msg, message.received_at)
                 self.dirty.add((msg.run, msg.house, msg.model))
                 advanced.add(msg.run)
                 if match is not None:
@@ -268,6 +281,8 @@ class CollectorNode:
                 continue  # let go (finished) since
             m = st.board.metrics(house, model)
             self.bus.publish(m.topic, m.to_json(), qos=1)
+            if self.exporter is not None:
+                self.exporter.metrics(m)
         self.stats.counters["metrics"] += len(keys)
 
     def tick(self) -> bool:

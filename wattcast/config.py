@@ -32,6 +32,8 @@ ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
 ENV_RECOVER_FROM = "WATTCAST_RECOVER_FROM"
 ENV_RUN = "WATTCAST_RUN"
 ENV_STATE_DIR = "WATTCAST_STATE_DIR"
+ENV_PROMETHEUS_PORT = "WATTCAST_PROMETHEUS_PORT"
+ENV_PROMETHEUS_HOST = "WATTCAST_PROMETHEUS_HOST"
 #: OpenBLAS' thread pool (NumPy): a node multiplies tiny matrices, so one thread.  A pool
 #: per node only costs start-up CPU (measured 0.1 s of the 0.28 s that importing NumPy
 #: takes on 2 cores) and competes with the other nodes for the cores.
@@ -59,6 +61,17 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def port_number(value: str) -> int:
+    """A TCP port, 0 for a free one."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {n}")
     return n
 
 

@@ -10,6 +10,7 @@ from wattcast.config import (
     add_data_args,
     env_default,
     parse_speed,
+    port_number,
     positive_float,
     positive_int,
 )
@@ -42,6 +43,7 @@ class RunOptions:
     houses: int = 1
     limit: int | None = None
     window: int | None = None
+    prometheus_port: int | None = None
     store: str | None = None
     report: str | None = None
     timeout: float = 1800.0
@@ -87,6 +89,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")
     p.add_argument("--houses", type=positive_int, default=1, help="meters replayed at once (default 1)")
     p.add_argument("--limit", type=positive_int, default=None, help="readings per house (default: the whole split)")
+    p.add_argument(
+        "--prometheus-port",
+        type=port_number,
+        default=None,
+        help="the collector serves its scores for Prometheus at http://127.0.0.1:PORT/metrics while the run lasts",
+    )
     p.add_argument(
         "--window",
         type=positive_int,
