@@ -32,7 +32,7 @@ import pytest
 from helpers import REPO
 
 from wattcast import config
-from wattcast.broker import PrivateBroker, available_kind
+from wattcast.broker import PrivateBroker, available_kind, free_port
 from wattcast.contract import MODELS
 from wattcast.credentials import (
     CONTAINER_AUTH_DIR,
@@ -367,6 +367,8 @@ class Deployment:
         for name in start_order(self.services):
             if services is not None and name not in services:
                 continue
+            if self.services[name].get("profiles"):  # as compose does: only with --profile
+                continue
             for dep, condition in depends_on(self.services[name]).items():
                 self.wait(dep, condition)
             self.start(name)
@@ -401,7 +403,9 @@ def deployment(compose, tmp_path):
         env_file = tmp_path / ".env"
         passwords, _ = ensure_passwords()
         update_env_file(env_file, passwords)
-        d = Deployment(compose, tmp_path / "deploy", {**read_env_file(env_file), **shell_env})
+        # the collector's /metrics on a free loopback port, not the container's 0.0.0.0:9100
+        metrics = {"WATTCAST_PROMETHEUS_PORT": str(free_port()), "WATTCAST_PROMETHEUS_HOST": "127.0.0.1"}
+        d = Deployment(compose, tmp_path / "deploy", {**read_env_file(env_file), **metrics, **shell_env})
         made.append(d)
         return d
 

@@ -147,3 +147,39 @@ def test_a_port_in_use_is_one_clear_line(tmp_path):
         )
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("collector: error: "), out.stderr
+
+
+# ---------------------------------------------------------------- the monitoring profile
+
+
+def test_the_monitoring_profile_scrapes_the_collector_and_its_board_plots_exported_metrics():
+    import json
+    import re
+
+    from ruamel.yaml import YAML  # with check-jsonschema (the dev extra)
+
+    def load(*parts: str):
+        return YAML(typ="safe", pure=True).load(REPO.joinpath(*parts).read_text())
+
+    compose = load("docker-compose.yml")
+    services = compose["services"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith("./") or (REPO / source).exists(), volume
+    port = re.search(r"WATTCAST_PROMETHEUS_PORT:-(\d+)", services["collector"]["environment"]["WATTCAST_PROMETHEUS_PORT"])
+    scrape = load("monitoring", "prometheus.yml")
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"collector:{port.group(1)}"]
+
+    exported = set()
+    for family in Exporter().registry.collect():
+        exported |= {family.name, *(s.name for s in family.samples)}
+    board = json.loads((REPO / "monitoring" / "grafana" / "dashboards" / "wattcast.json").read_text())
+    datasource = load("monitoring", "grafana", "provisioning", "datasources", "prometheus.yml")
+    uid = datasource["datasources"][0]["uid"]
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in board["templating"]["list"]]
+    used = {name for e in exprs for name in re.findall(r"\bwattcast_[a-z0-9_]+", e)}
+    assert used and used <= exported | {f"{n}_bucket" for n in exported}, used - exported
+    assert {p["datasource"]["uid"] for p in board["panels"]} == {uid}
