@@ -7,6 +7,7 @@ import logging
 import sys
 
 from wattcast.config import (
+    ENV_HA_DISCOVERY,
     ENV_MODELS,
     ENV_PROMETHEUS_HOST,
     ENV_PROMETHEUS_PORT,
@@ -22,6 +23,7 @@ from wattcast.config import (
     setup_logging,
 )
 from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS, ALL_STATUS, MODELS
+from wattcast.homeassistant import DEFAULT_PREFIX
 from wattcast.node import EXIT_INCOMPLETE
 
 
@@ -66,6 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env_default(ENV_PROMETHEUS_HOST, "127.0.0.1"),
         help=f"address of /metrics (env {ENV_PROMETHEUS_HOST}; default %(default)s; 0.0.0.0 in a container)",
     )
+    p.add_argument(
+        "--ha-discovery",
+        nargs="?",
+        const=DEFAULT_PREFIX,
+        default=env_default(ENV_HA_DISCOVERY) or None,
+        metavar="PREFIX",
+        help="announce every house's actual and forecast power as Home Assistant sensors (MQTT discovery, retained) "
+        f"under PREFIX (default {DEFAULT_PREFIX}; env {ENV_HA_DISCOVERY}); remove them with wattcast ha-discovery --remove",
+    )
     add_node_args(p, "collector")
     return p.parse_args(argv)
 
@@ -102,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collector: error: {exc if known else f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         return 1
     node = CollectorNode(
-        bus, store, tuple(args.models), args.window * 60, args.metrics_every, args.drain, args.node, exporter
+        bus,
+        store,
+        tuple(args.models),
+        args.window * 60,
+        args.metrics_every,
+        args.drain,
+        args.node,
+        exporter,
+        args.ha_discovery,
     )
     bus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS, ALL_STATUS)
 

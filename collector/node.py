@@ -18,6 +18,7 @@ import numpy as np
 
 from wattcast.bus import Bus, Message
 from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, model_name
+from wattcast.homeassistant import discovery_messages
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
 from wattcast.store import Store, replay_run
@@ -90,8 +91,12 @@ class CollectorNode:
         drain_s: float = 30.0,
         node: str = "collector",
         exporter: Exporter | None = None,
+        ha_prefix: str | None = None,
     ) -> None:
         self.bus = bus
+        #: Home Assistant discovery prefix (--ha-discovery): sensors announced per house, on its first reading
+        self.ha_prefix = ha_prefix
+        self.ha_announced: set[str] = set()
         #: the scores for Prometheus (--prometheus-port), if served
         self.exporter = exporter
         self.store = store
@@ -205,6 +210,8 @@ class CollectorNode:
                     continue
                 c["readings"] += 1
                 readings.append((msg, message.received_at))
+                if self.ha_prefix is not None and msg.house not in self.ha_announced:
+                    self.announce(msg.house)
                 st.newest = msg
                 advanced.add(msg.run)
                 fresh_readings.add(msg.run)
@@ -253,6 +260,14 @@ class CollectorNode:
                 st.finished = False  # scored already: something new arrived late, score it again
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
+
+    def announce(self, house: str) -> None:
+        """Home Assistant discovery configs of ``house``'s sensors (retained; see wattcast.homeassistant)."""
+        assert self.ha_prefix is not None
+        for topic, payload in discovery_messages(self.ha_prefix, house, self.models):
+            self.bus.publish(topic, payload, qos=1, retain=True)
+        self.ha_announced.add(house)
+        self.stats.counters["ha_discovery"] += 1
 
     def conflict(self, st: RunState, message: Message, reason: str) -> None:
         """A second, different message for a key already scored: counted, logged, kept for the report."""

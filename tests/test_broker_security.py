@@ -225,6 +225,9 @@ FORBIDDEN_PUBLISH = [
     ("viewer", metrics_topic(H, "lstm")),
     ("viewer", reading_topic(H)),
     ("viewer", "wattcast/v1/status/viewer"),
+    ("homeassistant", reading_topic(H)),
+    ("homeassistant", forecast_topic(H, "lstm")),
+    ("homeassistant", "wattcast/v1/status/homeassistant"),
     ("runner", reading_topic(H)),
     ("runner", "wattcast/v1/h000/end"),
     ("runner", forecast_topic(H, "persistence")),
@@ -240,6 +243,15 @@ def test_publishing_outside_a_role_reaches_no_subscriber(login):
         publish_as(login, user, topic, b"forbidden from " + user.encode())
     leaked = spy.seen_before_sentinel()
     assert leaked == [], f"delivered although outside the publisher's role: {leaked}"
+
+
+def test_only_the_collector_announces_home_assistant_sensors(login):
+    config = "homeassistant/sensor/wattcast_h000/{}/config"
+    spy = Spy(login, "homeassistant", ["homeassistant/#"], sentinel=config.format("sentinel"))
+    for user in ("viewer", "homeassistant", "predictor-lstm", "simulator"):
+        publish_as(login, user, config.format("gap"), b'{"forged": true}')
+    publish_as(login, "collector", config.format("forecast_lstm"), b"{}")
+    assert [t for t, _ in spy.seen_before_sentinel()] == [config.format("forecast_lstm")]
 
 
 ALLOWED_PUBLISH = [
@@ -286,6 +298,7 @@ def publish_one_of_each(login) -> list[str]:
     "user,readable",
     [
         ("viewer", {"forecast", "metrics", "status"}),
+        ("homeassistant", {"reading", "forecast", "status"}),
         ("runner", {"metrics", "status", "progress"}),
         ("predictor-lstm", {"reading", "end"}),
         ("predictor-persistence", {"reading", "end"}),
@@ -357,7 +370,7 @@ def start_node(broker: PrivateBroker, user: str, password: str, node: str, clien
 
 def test_each_node_leaves_its_last_will_and_no_other(login, secure_broker, passwords):
     spy = Spy(login, "collector", ["wattcast/v1/status/+"])
-    nodes = [u for u in USERS if u != "viewer"]
+    nodes = [u for u, role in USERS.items() if role in ("simulator", "predictor", "collector")]
     # Each node as itself (client id as wattcast.node.connect makes it), plus the
     # simulator user leaving a forged will on the collector's status topic.
     runs = [(u, u, f"wattcast-{u}") for u in nodes] + [("simulator", "collector", "forger")]

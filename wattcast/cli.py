@@ -153,6 +153,36 @@ def cmd_broker_certs(args: argparse.Namespace) -> int:
     return certs_command(args)
 
 
+def cmd_ha_discovery(args: argparse.Namespace) -> int:
+    import re
+
+    from wattcast.bus import MqttBus
+    from wattcast.config import broker_from_args
+    from wattcast.contract.payloads import ID_PATTERN
+    from wattcast.homeassistant import discovery_messages, removal_messages
+
+    houses = [f"h{k:03d}" for k in range(args.houses)] if args.houses else []
+    houses += args.house or []
+    if not houses:
+        raise UsageError("name the houses: --houses N (h000 ...) or --house ID")
+    for house in houses:
+        if not re.search(ID_PATTERN, house):
+            raise UsageError(f"not a house id (1-64 characters of [A-Za-z0-9_.-]): {house!r}")
+    make = removal_messages if args.remove else discovery_messages
+    messages = [m for house in houses for m in make(args.prefix, house, args.models)]
+    bus = MqttBus(broker_from_args(args), client_id=f"wattcast-ha-{os.getpid()}", session=False).connect()
+    try:
+        for topic, payload in messages:
+            bus.publish(topic, payload, qos=1, retain=True)
+        if not bus.flush(timeout=30):
+            raise ConnectionError(f"the broker at {bus.broker.url} did not acknowledge the discovery messages")
+    finally:
+        bus.close()
+    what = "removed" if args.remove else "announced"
+    print(f"{what} {len(messages)} Home Assistant sensors of {', '.join(houses)} under {args.prefix}/", file=sys.stderr)
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from wattcast.config import broker_from_args
     from wattcast.watch import watch
@@ -244,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
     w.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
+
+    ha = sub.add_parser(
+        "ha-discovery", help="announce (or --remove) the Home Assistant sensors of a deployment's houses and models"
+    )
+    add_broker_args(ha)
+    ha.add_argument("--prefix", default="homeassistant", help="Home Assistant's discovery prefix (default %(default)s)")
+    ha.add_argument("--houses", type=positive_int, default=None, help="houses h000 .. of a replay of N houses")
+    ha.add_argument("--house", action="append", default=None, metavar="ID", help="a house by id (repeat)")
+    ha.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL", help="default: all")
+    ha.add_argument("--remove", action="store_true", help="remove the sensors (empty retained configs)")
+    ha.set_defaults(func=cmd_ha_discovery)
 
     bk = sub.add_parser("broker", help="credentials and certificates of the compose deployment's broker")
     bsub = bk.add_subparsers(dest="broker_command", metavar="ACTION", required=True)

@@ -34,6 +34,7 @@ ENV_RUN = "WATTCAST_RUN"
 ENV_STATE_DIR = "WATTCAST_STATE_DIR"
 ENV_PROMETHEUS_PORT = "WATTCAST_PROMETHEUS_PORT"
 ENV_PROMETHEUS_HOST = "WATTCAST_PROMETHEUS_HOST"
+ENV_HA_DISCOVERY = "WATTCAST_HA_DISCOVERY"
 #: OpenBLAS' thread pool (NumPy): a node multiplies tiny matrices, so one thread.  A pool
 #: per node only costs start-up CPU (measured 0.1 s of the 0.28 s that importing NumPy
 #: takes on 2 cores) and competes with the other nodes for the cores.

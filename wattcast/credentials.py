@@ -8,6 +8,7 @@ node id, so a node may publish its own status ``wattcast/v1/status/<user>``)::
     predictor-<model>         reads readings and ends, publishes <model>'s forecasts
     collector                 reads everything, publishes metrics
     viewer                    reads forecasts, metrics and node status (dashboards)
+    homeassistant             reads discovery configs, readings, forecasts, node status
 
 Passwords are never committed.  Each lives in an environment variable named by
 :func:`password_env_var` (``WATTCAST_PASSWORD_PREDICTOR_LSTM`` ...), which docker
@@ -52,6 +53,7 @@ USERS: dict[str, str] = {
     **{f"predictor-{m}": "predictor" for m in MODELS},
     "collector": "collector",
     "viewer": "viewer",
+    "homeassistant": "homeassistant",
 }
 #: The users of a ``wattcast run`` private broker: the nodes' and viewer's, and ``runner``,
 #: the run's own read-only watcher (statuses, metrics, progress; see mosquitto/acl).
