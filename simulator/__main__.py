@@ -110,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    from simulator.replay import Simulator, wait_for_nodes
+    from simulator.readiness import wait_for_nodes
+    from simulator.replay import Simulator
     from simulator.streams import house_streams
     from wattcast.contract import status_topic
     from wattcast.data import DataError, data_notes, load_split

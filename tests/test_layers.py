@@ -48,3 +48,14 @@ def test_the_check_sees_an_import_hidden_in_a_function(tmp_path):
     hidden = tmp_path / "m.py"
     hidden.write_text("def f():\n    from collector.node import CollectorNode\n    import simulator.replay\n")
     assert imported(hidden) >= {"collector", "simulator"}
+
+
+#: a module a reader takes in one sitting
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_longer_than_one_sitting():
+    files = [p for package in ("wattcast", *NODES) for p in sources(package)]
+    lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in files}
+    assert {k: n for k, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+    assert max(lengths.values()) > MAX_MODULE_LINES // 2  # the files were found and counted

@@ -802,7 +802,7 @@ def test_predictor_rejects_a_retained_reading(val):
 
 
 def test_the_simulator_does_not_take_a_stale_retained_status_for_a_node_that_is_there():
-    from simulator.replay import wait_for_nodes
+    from simulator.readiness import wait_for_nodes
     from wattcast.contract import FRESH_STATUS_S, Status
 
     now = 1_800_000_000.0
