@@ -103,13 +103,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "slowest model; smaller = lower forecast latency, larger = faster replay "
         f"(default {DEFAULT_WINDOW})",
     )
+    p.add_argument(
+        "--capture",
+        metavar="FILE",
+        default=None,
+        help="replay this capture (wattcast record) instead of the data set: every message again, "
+        "with its original timing divided by --speed (max: as fast as the broker acknowledges)",
+    )
+    p.add_argument("--loop", type=positive_int, default=1, help="with --capture: replay it N times (default 1)")
+    p.add_argument(
+        "--shift-to-now",
+        action="store_true",
+        help="with --capture: move event times by whole minutes so that the first reading is now",
+    )
     add_node_args(p, "simulator")
     return p.parse_args(argv)
+
+
+def replay_a_capture(args: argparse.Namespace) -> int:
+    """``--capture``: publish a recorded stream again (simulator/capture.py)."""
+    from simulator.capture import replay_capture
+    from wattcast.capture import CaptureError, read_capture
+    from wattcast.node import StopFlag, connect
+
+    stop = StopFlag()
+    try:
+        messages = list(read_capture(args.capture))
+        bus = connect(broker_from_args(args), args.node, "simulator", session=False)
+    except (CaptureError, ConnectionError, ValueError, OSError) as exc:
+        print(f"simulator: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        n = replay_capture(bus, messages, args.speed, args.loop, args.shift_to_now, stop.is_set)
+    finally:
+        bus.close()
+    print(f"simulator: replayed {n} messages of {args.capture} ({args.loop} loop(s))", file=sys.stderr)
+    return 0 if not stop.is_set() else 130
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    if args.capture:
+        return replay_a_capture(args)
     from simulator.readiness import wait_for_nodes
     from simulator.replay import Simulator
     from simulator.streams import house_streams

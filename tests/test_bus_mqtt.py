@@ -455,3 +455,14 @@ def test_a_clean_session_closing_under_a_flood_does_not_leave_its_will(broker, m
     """
     got = final_payloads_of_nodes_closed_under_a_flood(mqtt_bus, nodes=20, session=False, flooders=2, pause=0.0)
     assert len(got) == 20 and set(got.values()) == {b"final"}, got
+
+
+def test_a_subscription_can_wait_for_the_brokers_confirmation(broker, mqtt_bus):
+    offline = MqttBus(BrokerConfig.from_url(broker.url), client_id="never-connected", session=False)
+    with pytest.raises(TimeoutError, match="not connected"):
+        offline.subscribe("a/#", timeout=1)
+    sub = mqtt_bus(session=False)
+    sub.subscribe("wattcast/v1/status/#", timeout=10)  # returns once the broker has the subscription
+    pub = mqtt_bus(session=False)
+    pub.publish(status_topic("x"), Status("x", "online", "collector").to_json())  # not retained: only live
+    assert sub.inbox.get(timeout=10).topic == status_topic("x")

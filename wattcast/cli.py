@@ -183,6 +183,31 @@ def cmd_ha_discovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    import signal
+
+    from wattcast.bus import MqttBus
+    from wattcast.capture import record
+    from wattcast.config import broker_from_args
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such folder for --out")
+    filters = args.topic or ["wattcast/v1/#"]
+    stopped: list[int] = []  # Ctrl-C or SIGTERM end the recording normally
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stopped.append(signum))
+    bus = MqttBus(broker_from_args(args), client_id=f"wattcast-record-{os.getpid()}", session=False).connect()
+    try:
+        bus.subscribe(*filters, timeout=10)
+        print(f"recording {' '.join(filters)} to {out}", file=sys.stderr, flush=True)
+        n = record(bus, out, lambda: bool(stopped), args.duration, args.count)
+    finally:
+        bus.close()
+    print(f"recorded {n} messages to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from wattcast.config import broker_from_args
     from wattcast.watch import watch
@@ -274,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
     w.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     w.set_defaults(func=cmd_watch)
+
+    rec = sub.add_parser("record", help="capture a live MQTT stream to a file (JSON lines) for a later replay")
+    add_broker_args(rec)
+    rec.add_argument(
+        "--topic", action="append", default=None, metavar="FILTER", help="topic filter (repeat; default wattcast/v1/#)"
+    )
+    rec.add_argument("--out", required=True, help="the capture file (.jsonl, or .jsonl.gz compressed)")
+    rec.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
+    rec.add_argument("--count", type=positive_int, default=None, help="stop after this many messages")
+    rec.set_defaults(func=cmd_record)
 
     ha = sub.add_parser(
         "ha-discovery", help="announce (or --remove) the Home Assistant sensors of a deployment's houses and models"

@@ -131,7 +131,9 @@ class MqttBus:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_unsubscribe = self._on_unsubscribe
+        c.on_subscribe = self._on_subscribe
         self._unsubscribed: dict[int, threading.Event] = {}
+        self._subscribed: dict[int, threading.Event] = {}
         self.client = c
 
     # -- paho callbacks: network thread, no domain code -------------------------------
@@ -154,6 +156,12 @@ class MqttBus:
             self.reconnects += 1
             log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
         self._connected.clear()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._lock:  # subscribe() registers the mid under the lock
+            done = self._subscribed.pop(mid, None)
+        if done is not None:
+            done.set()
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._lock:  # _stop_deliveries registers the mid under the lock
@@ -248,12 +256,23 @@ class MqttBus:
             info.wait_for_publish(timeout=0.5)
         return True
 
-    def subscribe(self, *filters: str, qos: int = 1) -> None:
+    def subscribe(self, *filters: str, qos: int = 1, timeout: float | None = None) -> None:
+        """Subscribe (again after every reconnection); with ``timeout``, wait for the broker's SUBACK
+        (TimeoutError if it does not come): what is published afterwards reaches this bus."""
         with self._lock:
             for f in filters:
                 self._filters[f] = qos
-        if self._connected.is_set():
-            self.client.subscribe([(f, qos) for f in filters])
+        if not self._connected.is_set():
+            if timeout is not None:
+                raise TimeoutError(f"not connected to {self.broker.url}: cannot confirm the subscription")
+            return
+        done = threading.Event()
+        with self._lock:  # so the SUBACK cannot be handled before its mid is registered
+            rc, mid = self.client.subscribe([(f, qos) for f in filters])
+            if timeout is not None and rc == self._mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._subscribed[mid] = done
+        if timeout is not None and not done.wait(timeout):
+            raise TimeoutError(f"the broker at {self.broker.url} did not confirm the subscription in {timeout:.0f} s")
 
     def ack(self, message: Message) -> None:
         if self.manual_ack and message.qos > 0:
