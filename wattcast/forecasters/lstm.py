@@ -92,32 +92,13 @@ class LstmNet:
         inputs = np.empty((steps + layers - 1, batch, 4 * units), np.float32)
         inputs[:] = self._bias
         inputs[:steps] += seq.transpose(1, 0, 2) @ self._input
-        z = np.empty((batch, 4 * units), np.float32)
-        sig, i, f, o, g = (
-            z[:, : 3 * units],
-            z[:, :units],
-            z[:, units : 2 * units],
-            z[:, 2 * units : 3 * units],
-            z[:, 3 * units :],
-        )
-        h = np.zeros((batch, units), np.float32)
-        c = np.zeros((batch, units), np.float32)
-        tmp = np.empty((batch, units), np.float32)
+        cell = _Cell(batch, units)
         for step in range(steps + layers - 1):
-            np.matmul(h, self._recurrent, out=z)
-            z += inputs[step]
-            np.tanh(z, out=z)
-            sig += 1.0  # (1 + tanh(x / 2)) / 2 = sigmoid(x)
-            sig *= 0.5
-            c *= f
-            np.multiply(i, g, out=tmp)
-            c += tmp
-            np.tanh(c, out=tmp)
-            np.multiply(o, tmp, out=h)
+            cell.step(self._recurrent, inputs[step])
             if step < layers - 1:  # the later layers have not started: their state stays zero
-                h[:, offsets[step + 1] :] = 0.0
-                c[:, offsets[step + 1] :] = 0.0
-        return (h[:, offsets[-1] :] @ self.dense[0] + self.dense[1])[:, 0]
+                cell.h[:, offsets[step + 1] :] = 0.0
+                cell.c[:, offsets[step + 1] :] = 0.0
+        return (cell.h[:, offsets[-1] :] @ self.dense[0] + self.dense[1])[:, 0]
 
     def _layered(self, seq: np.ndarray) -> np.ndarray:
         """Layer after layer: fewer operations than the wavefront, more NumPy calls (big batches)."""
@@ -128,33 +109,46 @@ class LstmNet:
             # all input projections at once, time first: xw[t] is contiguous
             xw = np.ascontiguousarray((seq @ kernel + bias).transpose(1, 0, 2))
             out = np.empty((steps, batch, units), np.float32) if n < last else None
-            z = np.empty((batch, 4 * units), np.float32)
-            sig, i, f, o, g = (
-                z[:, : 3 * units],
-                z[:, :units],
-                z[:, units : 2 * units],
-                z[:, 2 * units : 3 * units],
-                z[:, 3 * units :],
-            )
-            h = np.zeros((batch, units), np.float32)
-            c = np.zeros((batch, units), np.float32)
-            tmp = np.empty((batch, units), np.float32)
+            cell = _Cell(batch, units)
             for t in range(steps):
-                np.matmul(h, recurrent, out=z)
-                z += xw[t]
-                np.tanh(z, out=z)
-                sig += 1.0  # (1 + tanh(x / 2)) / 2 = sigmoid(x)
-                sig *= 0.5
-                c *= f
-                np.multiply(i, g, out=tmp)
-                c += tmp
-                np.tanh(c, out=tmp)
-                np.multiply(o, tmp, out=h)
+                cell.step(recurrent, xw[t])
                 if out is not None:
-                    out[t] = h
+                    out[t] = cell.h
             if out is not None:
                 seq = out.transpose(1, 0, 2)
-        return (h @ self.dense[0] + self.dense[1])[:, 0]
+        return (cell.h @ self.dense[0] + self.dense[1])[:, 0]
+
+
+class _Cell:
+    """The state and buffers of one LSTM recurrence: a step is 10 NumPy calls in place, through
+    views of the gates made once (weights in the order and scale of :func:`_gates_last`)."""
+
+    def __init__(self, batch: int, units: int) -> None:
+        self.z = z = np.empty((batch, 4 * units), np.float32)
+        self.sig, self.i, self.f, self.o, self.g = (
+            z[:, : 3 * units],
+            z[:, :units],
+            z[:, units : 2 * units],
+            z[:, 2 * units : 3 * units],
+            z[:, 3 * units :],
+        )
+        self.h = np.zeros((batch, units), np.float32)
+        self.c = np.zeros((batch, units), np.float32)
+        self.tmp = np.empty((batch, units), np.float32)
+
+    def step(self, recurrent: np.ndarray, inputs: np.ndarray) -> None:
+        """h, c <- one step from h, c and ``inputs`` (the input projection and bias of this step)."""
+        z, c, tmp = self.z, self.c, self.tmp
+        np.matmul(self.h, recurrent, out=z)
+        z += inputs
+        np.tanh(z, out=z)
+        self.sig += 1.0  # (1 + tanh(x / 2)) / 2 = sigmoid(x)
+        self.sig *= 0.5
+        c *= self.f
+        np.multiply(self.i, self.g, out=tmp)
+        c += tmp
+        np.tanh(c, out=tmp)
+        np.multiply(self.o, tmp, out=self.h)
 
 
 def _merged(layers: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
