@@ -11,6 +11,7 @@ from pathlib import Path
 
 from wattcast import __version__
 from wattcast.config import (
+    ENV_DATA,
     ENV_MODELS_DIR,
     Parser,
     add_broker_args,
@@ -110,6 +111,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, r in results.items():
         print(f"{name:<16}{r['n']:>7}{r['mse']:>10.4f}{r['rmse']:>10.4f}{r['mae']:>10.4f}")
     return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from wattcast.backtest import backtest_command
+
+    return backtest_command(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--units", default=None, help="LSTM units, comma-separated (default: the course's)")
     t.add_argument("--train-seed", type=int, default=1234, help="seed of weights and shuffling (default %(default)s)")
     t.set_defaults(func=cmd_train)
+
+    bt = sub.add_parser("backtest", help="score the models on many windows of the full data set, against persistence")
+    from wattcast.backtest import add_backtest_args
+
+    add_backtest_args(bt, env_default(ENV_DATA))
+    bt.set_defaults(func=cmd_backtest)
 
     e = sub.add_parser("evaluate", help="score every model on the validation split")
     add_data_args(e)

@@ -271,14 +271,18 @@ def load_split(path: str | Path | None = None, fraction: float | None = None, se
     path = sample_path() if path is None else Path(path)
     if fraction is None:
         fraction = 1.0 if is_sample else DEFAULT_FRACTION
-    df = read_meter_file(path)
+    return split_frame(read_meter_file(path), fraction, seed, "shipped sample" if is_sample else str(path))
+
+
+def split_frame(df: pd.DataFrame, fraction: float, seed: int, source: str) -> Split:
+    """The notebook's split of an already read meter file (:func:`read_meter_file`): one window per seed."""
     start, size = subset_bounds(len(df), fraction, seed)
     block = df.iloc[start : start + size]
     cut = int(size * TRAIN_SHARE)
     train, val = block.iloc[:cut].reset_index(drop=True), block.iloc[cut:].reset_index(drop=True)
     fmt = "%Y-%m-%d %H:%M:%S"
     info = {
-        "source": "shipped sample" if is_sample else str(path),
+        "source": source,
         "fraction": fraction,
         "seed": seed,
         "rows_raw": df.attrs.get("rows_raw"),

@@ -1,0 +1,53 @@
+"""wattcast backtest: many windows, each scored as `wattcast evaluate` scores one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wattcast.data import load_split, sample_path
+from wattcast.evaluation import evaluate
+from wattcast.forecasters import load_model
+
+
+def run(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wattcast", "backtest", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_every_window_is_scored_as_evaluate_scores_it(tmp_path):
+    sample = str(sample_path())
+    out = run("--data", sample, "--fraction", "0.3", "--seeds", "1", "2", "--out", str(tmp_path / "bt"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "bt" / "backtest.json").read_text())
+    assert (tmp_path / "bt" / "backtest.png").stat().st_size > 10_000
+    assert [w["seed"] for w in result["windows"]] == [1, 2]
+    for w in result["windows"]:
+        val = load_split(sample, 0.3, w["seed"]).val
+        for name in ("persistence", "linear"):
+            assert w["mse"][name] == pytest.approx(evaluate(load_model(name), val).mse, rel=1e-12)
+        assert w["skill"]["persistence"] == 0.0
+        assert w["skill"]["linear"] == pytest.approx(1 - w["mse"]["linear"] / w["mse"]["persistence"])
+    linear = result["summary"]["linear"]
+    assert linear["windows_won"] == sum(w["skill"]["linear"] > 0 for w in result["windows"])
+    assert linear["min_skill"] == min(w["skill"]["linear"] for w in result["windows"])
+    assert len(out.stdout.strip().splitlines()) == 1 + 2 + 3  # header, windows, mean/min/won
+
+
+def test_without_the_full_data_set_it_says_how_to_get_it(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "WATTCAST_DATA": ""}
+    out = run("--out", str(tmp_path / "bt"), cwd=tmp_path, env=env)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1 and "wattcast data download" in lines[0], out.stderr
+    bad = run("--data", str(sample_path()), "--windows", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("wattcast: error: --windows")
