@@ -123,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def replay_a_capture(args: argparse.Namespace) -> int:
     """``--capture``: publish a recorded stream again (simulator/capture.py)."""
     from simulator.capture import replay_capture
+    from simulator.readiness import wait_for_nodes
     from wattcast.capture import CaptureError, read_capture
     from wattcast.node import StopFlag, connect
 
@@ -134,7 +135,13 @@ def replay_a_capture(args: argparse.Namespace) -> int:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return 1
     try:
+        if args.wait_for:  # as a replay of the data set does: nothing is published before they listen
+            print(f"simulator: waiting for {', '.join(args.wait_for)}", file=sys.stderr, flush=True)
+            wait_for_nodes(bus, args.wait_for, args.wait_timeout)
         n = replay_capture(bus, messages, args.speed, args.loop, args.shift_to_now, stop.is_set)
+    except TimeoutError as exc:
+        print(f"simulator: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         bus.close()
     print(f"simulator: replayed {n} messages of {args.capture} ({args.loop} loop(s))", file=sys.stderr)

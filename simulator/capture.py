@@ -7,7 +7,9 @@ metrics' ``as_of``) by whole minutes so that the first reading is this minute, e
 loop one capture span further.  Wall-clock fields (``sent_at``, ``reading_sent_at``, a
 status' ``ts``) move with the replay, so latencies stay what they were.  From the second
 loop on, run ids get a suffix (``-2``, ``-3``, ...): each loop is scored as a run of its own.
-Messages that are not wattcast JSON are published unchanged.
+Messages that are not wattcast JSON are published unchanged.  What the live nodes publish
+themselves (statuses, progress, metrics) is left out: a replay feeds a deployment what its
+sources sent (readings, ends, forecasts), and a stale status or score would mislead it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ EVENT_FIELDS = {
     "metrics": ("as_of",),
 }
 WALL_FIELDS = ("sent_at", "reading_sent_at")
+#: kinds the live nodes publish about themselves: not replayed
+DERIVED = ("status", "progress", "metrics")
+
+
+def replayed(c: Captured) -> bool:
+    """Whether a replay publishes ``c``: all but the live nodes' own statuses, progress and metrics."""
+    try:
+        return parse_topic(c.topic)[0] not in DERIVED
+    except MessageError:
+        return True  # not a wattcast topic: published as it was
 
 
 def first_event_ts(messages: list[Captured]) -> int | None:
@@ -84,7 +96,8 @@ def replay_capture(
     stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    """Publish the capture ``loops`` times; the number of messages published."""
+    """Publish the capture ``loops`` times (but what :func:`replayed` leaves out); the number published."""
+    messages = [c for c in messages if replayed(c)]
     if not messages:
         return 0
     first = first_event_ts(messages)

@@ -65,6 +65,22 @@ def test_the_replay_moves_event_and_wall_times_and_renames_later_loops():
     assert rewritten(odd, 60, 1.0, 2) == b"not json"
 
 
+def test_the_live_nodes_own_statuses_progress_and_metrics_are_not_replayed():
+    hub = MemoryHub()
+    bus, watcher = hub.connect(), hub.connect()
+    watcher.subscribe("#")
+    r = reading(0)
+    messages = [
+        Captured(1.0, "wattcast/v1/status/collector", b""),  # a cleared retained status
+        Captured(2.0, r.topic, r.to_json()),
+        Captured(3.0, "wattcast/v1/progress/collector", b'{"node":"collector","house":"h000","seq":0}'),
+        Captured(4.0, "wattcast/v1/h000/metrics/lstm", b"{}"),
+        Captured(5.0, "someone/else", b"kept"),
+    ]
+    assert replay_capture(bus, messages, None) == 2
+    assert [m.topic for m in list(watcher.inbox.queue)] == [r.topic, "someone/else"]
+
+
 def test_loops_follow_each_other_in_event_time_as_runs_of_their_own():
     hub = MemoryHub()
     bus, watcher = hub.connect(), hub.connect()
