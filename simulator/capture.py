@@ -42,19 +42,8 @@ def replayed(c: Captured) -> bool:
         return True  # not a wattcast topic: published as it was
 
 
-def first_event_ts(messages: list[Captured]) -> int | None:
-    for c in messages:
-        try:
-            kind, _, _ = parse_topic(c.topic)
-            if kind == "reading":
-                return int(json.loads(c.payload)["ts"])
-        except (MessageError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def span_s(messages: list[Captured]) -> int:
-    """Event time from the first to one minute after the last reading (the shift of a next loop)."""
+def reading_times(messages: list[Captured]) -> list[int]:
+    """The ``ts`` of every reading in the capture, in order (what a shift is measured from)."""
     stamps = []
     for c in messages:
         try:
@@ -62,7 +51,7 @@ def span_s(messages: list[Captured]) -> int:
                 stamps.append(int(json.loads(c.payload)["ts"]))
         except (MessageError, ValueError, KeyError, TypeError):
             continue
-    return (max(stamps) - min(stamps) + 60) if stamps else 0
+    return stamps
 
 
 def rewritten(c: Captured, event_shift: int, wall_shift: float, loop: int) -> bytes:
@@ -100,9 +89,9 @@ def replay_capture(
     messages = [c for c in messages if replayed(c)]
     if not messages:
         return 0
-    first = first_event_ts(messages)
-    shift = ((int(clock()) - first) // 60) * 60 if shift_to_now and first is not None else 0
-    span = span_s(messages)
+    stamps = reading_times(messages)
+    shift = ((int(clock()) - stamps[0]) // 60) * 60 if shift_to_now and stamps else 0
+    span = (max(stamps) - min(stamps) + 60) if stamps else 0  # a next loop starts one span later
     published = 0
     for loop in range(1, loops + 1):
         event_shift = shift + (loop - 1) * span

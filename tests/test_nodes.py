@@ -444,26 +444,33 @@ def settled(inbox: WatchedInbox, deadline_s: float = 60.0) -> None:
         assert inbox.changed.wait_for(lambda: inbox.idle > seen + 1, deadline_s), "the node did not come back to wait"
 
 
-def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val):
-    import threading
+class PacedReplay:
+    """A max-speed simulator on the memory hub, started on its own thread, and a watcher of its readings;
+    ``peer`` publishes what it paces on (forecasts, progress).  Every knob but the stall goes to Simulator."""
 
-    hub = MemoryHub()
-    watcher = hub.connect()
-    watcher.subscribe(ALL_READINGS)
-    predictor = hub.connect()
-    sim_bus = hub.connect()
-    sim_bus.inbox = inbox = WatchedInbox()
-    sim = Simulator(
-        sim_bus,
-        house_streams(val, 1, limit=40),
-        speed=None,
-        progress=lambda line: None,
-        await_models=("lstm", "linear"),
-        window=5,
-        stall_s=600.0,  # never within this test: what is checked is the window, not the stall
-    )
-    runner = threading.Thread(target=sim.run, daemon=True)
-    runner.start()
+    def __init__(self, val, houses: int, limit: int, **pacing) -> None:
+        import threading
+
+        hub = MemoryHub()
+        self.watcher = hub.connect()
+        self.watcher.subscribe(ALL_READINGS)
+        self.peer = hub.connect()
+        self.bus = hub.connect()
+        self.bus.inbox = self.inbox = WatchedInbox()
+        # stall_s: never within these tests: what they check is the window, not the stall
+        self.sim = Simulator(
+            self.bus, house_streams(val, houses, limit=limit), None, lambda line: None, stall_s=600.0, **pacing
+        )
+        self.runner = threading.Thread(target=self.sim.run, daemon=True)
+
+    def start(self) -> PacedReplay:
+        self.runner.start()
+        return self
+
+
+def test_simulator_keeps_at_most_window_readings_ahead_of_the_slowest_model(val):
+    r = PacedReplay(val, 1, 40, await_models=("lstm", "linear"), window=5).start()
+    watcher, predictor, inbox, sim, runner = r.watcher, r.peer, r.inbox, r.sim, r.runner
 
     def published() -> list[int]:
         return [decode(m.topic, m.payload).seq for m in list(watcher.inbox.queue)]
@@ -508,25 +515,8 @@ def test_flow_control_follows_the_house_published_last_in_each_minute(val):
 
 
 def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
-    import threading
-
-    hub = MemoryHub()
-    watcher = hub.connect()
-    watcher.subscribe(ALL_READINGS)
-    collector = hub.connect()
-    sim_bus = hub.connect()
-    sim_bus.inbox = inbox = WatchedInbox()
-    sim = Simulator(
-        sim_bus,
-        house_streams(val, 2, limit=30),
-        speed=None,
-        progress=lambda line: None,
-        await_nodes=("collector",),
-        window=4,
-        stall_s=600.0,
-    )  # 2 houses: 2 minutes in flight
-    runner = threading.Thread(target=sim.run, daemon=True)
-    runner.start()
+    r = PacedReplay(val, 2, 30, await_nodes=("collector",), window=4).start()  # 2 houses: 2 minutes in flight
+    watcher, collector, inbox, sim, runner = r.watcher, r.peer, r.inbox, r.sim, r.runner
 
     def minutes() -> int:
         return len(watcher.inbox.queue) // 2
@@ -549,27 +539,9 @@ def test_simulator_keeps_at_most_window_readings_ahead_of_an_awaited_node(val):
 
 
 def test_with_the_collector_awaited_the_models_are_followed_through_its_complete_minute(val):
-    import threading
-
-    hub = MemoryHub()
-    watcher = hub.connect()
-    watcher.subscribe(ALL_READINGS)
-    collector = hub.connect()
-    sim_bus = hub.connect()
-    sim_bus.inbox = inbox = WatchedInbox()
-    sim = Simulator(
-        sim_bus,
-        house_streams(val, 1, limit=30),
-        speed=None,
-        progress=lambda line: None,
-        await_models=("lstm", "linear"),
-        await_nodes=("collector",),
-        window=3,
-        stall_s=600.0,
-    )
-    assert sim_bus.filters == ["wattcast/v1/progress/collector"]  # no forecast topic: the collector tells
-    runner = threading.Thread(target=sim.run, daemon=True)
-    runner.start()
+    r = PacedReplay(val, 1, 30, await_models=("lstm", "linear"), await_nodes=("collector",), window=3)
+    assert r.bus.filters == ["wattcast/v1/progress/collector"]  # no forecast topic: the collector tells
+    watcher, collector, inbox, sim, runner = r.watcher, r.peer, r.inbox, r.sim, r.start().runner
 
     def progress(seq: int, complete: int) -> None:
         p = Progress("collector", "h000", seq, complete, 1, run=sim.run_id)

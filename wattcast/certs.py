@@ -21,7 +21,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from wattcast.credentials import USERS, write_private
+from wattcast.credentials import add_users_arg, write_private
 
 DEFAULT_HOSTS = ("mosquitto", "localhost", "127.0.0.1")
 #: the CA and broker certificates' lifetime (825 days: the most browsers and Apple accept)
@@ -111,14 +111,7 @@ def add_certs_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"a host name or IP address clients reach the broker by (repeat; default {', '.join(DEFAULT_HOSTS)})",
     )
-    p.add_argument(
-        "--users",
-        nargs="*",
-        default=list(USERS),
-        choices=list(USERS),
-        metavar="USER",
-        help="MQTT users to make client certificates for (default: all)",
-    )
+    add_users_arg(p, "MQTT users to make client certificates for")
     p.add_argument("--days", type=int, default=DEFAULT_DAYS, help="validity in days (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace certificates that exist")
 

@@ -257,13 +257,18 @@ def add_passwd_args(p: argparse.ArgumentParser) -> None:
         help="also write a mosquitto password file for these users (for a broker outside compose)",
     )
     p.add_argument("--rotate", action="store_true", help="replace every password with a new random one")
+    add_users_arg(p, "users to cover")
+
+
+def add_users_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--users``: some of the deployment's MQTT users (default: all)."""
     p.add_argument(
         "--users",
         nargs="+",
         default=list(USERS),
         choices=list(USERS),
         metavar="USER",
-        help=f"users to cover (default: all of {', '.join(USERS)})",
+        help=f"{what} (default: all of {', '.join(USERS)})",
     )
 
 

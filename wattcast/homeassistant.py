@@ -17,20 +17,13 @@ https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery).
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 
+from wattcast import __version__
 from wattcast.contract import forecast_topic, reading_topic, status_topic
 
 DEFAULT_PREFIX = "homeassistant"
 #: the node whose status tells whether the actual readings flow
 READINGS_NODE = "simulator"
-
-
-def _version() -> str:
-    try:
-        return version("wattcast")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def config_topic(prefix: str, house: str, obj: str) -> str:
@@ -69,7 +62,7 @@ def sensor_config(house: str, model: str | None) -> dict:
             "manufacturer": "wattcast",
             "model": "replayed household meter",
         },
-        "origin": {"name": "wattcast", "sw_version": _version()},
+        "origin": {"name": "wattcast", "sw_version": __version__},
     }
 
 

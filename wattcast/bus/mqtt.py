@@ -130,10 +130,9 @@ class MqttBus:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
-        c.on_unsubscribe = self._on_unsubscribe
-        c.on_subscribe = self._on_subscribe
-        self._unsubscribed: dict[int, threading.Event] = {}
-        self._subscribed: dict[int, threading.Event] = {}
+        c.on_subscribe = c.on_unsubscribe = self._on_suback
+        #: SUBSCRIBE / UNSUBSCRIBE packet ids (one counter in paho) whose acknowledgement someone awaits
+        self._awaited: dict[int, threading.Event] = {}
         self.client = c
 
     # -- paho callbacks: network thread, no domain code -------------------------------
@@ -157,15 +156,10 @@ class MqttBus:
             log.warning("disconnected from %s (%s); reconnecting", self.broker.url, reason_code)
         self._connected.clear()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        with self._lock:  # subscribe() registers the mid under the lock
-            done = self._subscribed.pop(mid, None)
-        if done is not None:
-            done.set()
-
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        with self._lock:  # _stop_deliveries registers the mid under the lock
-            done = self._unsubscribed.pop(mid, None)
+    def _on_suback(self, client, userdata, mid, reason_codes, properties) -> None:
+        """A SUBACK or UNSUBACK: wake whoever awaits it (subscribe(timeout=), _stop_deliveries)."""
+        with self._lock:  # the waiter registers the mid under the lock
+            done = self._awaited.pop(mid, None)
         if done is not None:
             done.set()
 
@@ -270,7 +264,7 @@ class MqttBus:
         with self._lock:  # so the SUBACK cannot be handled before its mid is registered
             rc, mid = self.client.subscribe([(f, qos) for f in filters])
             if timeout is not None and rc == self._mqtt.MQTT_ERR_SUCCESS and mid is not None:
-                self._subscribed[mid] = done
+                self._awaited[mid] = done
         if timeout is not None and not done.wait(timeout):
             raise TimeoutError(f"the broker at {self.broker.url} did not confirm the subscription in {timeout:.0f} s")
 
@@ -327,7 +321,7 @@ class MqttBus:
             rc, mid = self.client.unsubscribe(filters)
             if rc != self._mqtt.MQTT_ERR_SUCCESS or mid is None:
                 return
-            self._unsubscribed[mid] = done
+            self._awaited[mid] = done
         if not done.wait(timeout):
             log.debug("%s: no UNSUBACK within %.1f s; disconnecting anyway", self.client_id, timeout)
 
