@@ -20,9 +20,10 @@ as flow control allows.  Two levels of flow control:
   instead (four more messages per reading with four models).  The window trades replay
   speed for forecast latency (Little's law: latency ~ window / throughput); see
   :data:`DEFAULT_WINDOW`.  Models that make no progress for ``stall_s`` seconds stop being
-  waited for (logged), so a dead predictor cannot stall the replay; followed through a
-  node, all of them (its Progress does not say which one lags), and the node's readings
-  still set the pace.
+  waited for (logged), so a dead predictor cannot stall the replay.  Followed through a
+  node, a stuck complete minute (a dead collector, or a dead predictor: Progress does not
+  say which) first switches to following the models' own forecasts, so that a dead
+  collector does not take the models' pacing with it.
 """
 
 from __future__ import annotations
@@ -317,6 +318,12 @@ class Simulator:
             if not models and not nodes:
                 return
             # only progress counts: a dead predictor's peers keep sending their statuses
+            if time.monotonic() - last_progress > self.stall_s and self.models_via and models:
+                # the collector's complete minute is stuck: a dead collector or a dead predictor,
+                # it cannot tell which; follow the models' own forecasts from here on instead
+                self._follow_forecasts(last, seq, nodes)
+                last_progress = time.monotonic()
+                continue
             if time.monotonic() - last_progress > self.stall_s:
                 log.warning(
                     "no progress from %s for %.0f s; no longer waiting for them",
@@ -332,6 +339,26 @@ class Simulator:
                 continue
             if self._note(message):
                 last_progress = time.monotonic()
+
+    def _follow_forecasts(self, last: str, seq: int, stalled_nodes: list[str]) -> None:
+        """Stop following the models through the collector's Progress.complete: subscribe to their
+        forecasts, taking each as having forecast minute ``seq`` (at most ``window`` readings were in
+        flight), so that a live model paces again and a dead one is found alone by the next stall;
+        a node that handled nothing meanwhile stops being awaited."""
+        log.warning(
+            "no complete minute from %s for %.0f s; following the forecasts of %s directly%s",
+            ", ".join(self.models_via),
+            self.stall_s,
+            ", ".join(sorted(self.await_models)),
+            f"; no longer waiting for {', '.join(stalled_nodes)}" if stalled_nodes else "",
+        )
+        self.models_via = []
+        self.await_nodes -= set(stalled_nodes)
+        self.bus.subscribe(
+            *(forecast_topic(s.house, m) for s in pacing_streams(self.streams) for m in self.await_models), qos=0
+        )
+        for m in self.await_models:
+            self.forecast_seq[(last, m)] = max(self.forecast_seq.get((last, m), -1), seq)
 
     def _take_forecasts(self) -> bool:
         """Note what is in the inbox already; True if any of it was progress."""

@@ -446,9 +446,9 @@ def settled(inbox: WatchedInbox, deadline_s: float = 60.0) -> None:
 
 class PacedReplay:
     """A max-speed simulator on the memory hub, started on its own thread, and a watcher of its readings;
-    ``peer`` publishes what it paces on (forecasts, progress).  Every knob but the stall goes to Simulator."""
+    ``peer`` publishes what it paces on (forecasts, progress).  The pacing knobs go to Simulator."""
 
-    def __init__(self, val, houses: int, limit: int, **pacing) -> None:
+    def __init__(self, val, houses: int, limit: int, stall_s: float = 600.0, **pacing) -> None:
         import threading
 
         hub = MemoryHub()
@@ -457,10 +457,9 @@ class PacedReplay:
         self.peer = hub.connect()
         self.bus = hub.connect()
         self.bus.inbox = self.inbox = WatchedInbox()
-        # stall_s: never within these tests: what they check is the window, not the stall
-        self.sim = Simulator(
-            self.bus, house_streams(val, houses, limit=limit), None, lambda line: None, stall_s=600.0, **pacing
-        )
+        # stall_s: by default never within a test that checks the window, not the stall
+        streams = house_streams(val, houses, limit=limit)
+        self.sim = Simulator(self.bus, streams, None, lambda line: None, stall_s=stall_s, **pacing)
         self.runner = threading.Thread(target=self.sim.run, daemon=True)
 
     def start(self) -> PacedReplay:
@@ -561,6 +560,31 @@ def test_with_the_collector_awaited_the_models_are_followed_through_its_complete
     progress(29, 29)
     runner.join(timeout=60)
     assert not runner.is_alive() and len(watcher.inbox.queue) == 30
+
+
+def test_a_dead_collector_does_not_take_the_models_pacing_with_it(val):
+    import threading
+
+    r = PacedReplay(val, 1, 40, stall_s=0.5, await_models=("lstm",), await_nodes=("collector",), window=3)
+    stop = threading.Event()
+
+    def predictor() -> None:  # alive: a forecast after every reading; the collector never says anything
+        seen = 0
+        while not stop.wait(0.01):
+            queued = list(r.watcher.inbox.queue)
+            for m in queued[seen:]:
+                reading = decode(m.topic, m.payload)
+                f = Forecast(reading.house, "lstm", "t", reading.seq, reading.ts, reading.ts + 300, 1.0, run=reading.run)
+                r.peer.publish(f.topic, f.to_json())
+            seen = len(queued)
+
+    threading.Thread(target=predictor, daemon=True).start()
+    r.start().runner.join(timeout=60)
+    stop.set()
+    assert not r.runner.is_alive() and r.sim.published == 40
+    # the collector stopped being awaited; the live model paced the replay to its end
+    assert r.sim.await_nodes == set() and r.sim.await_models == {"lstm"}
+    assert "wattcast/v1/h000/forecast/lstm" in r.bus.filters
 
 
 def test_models_followed_through_the_collector_stop_being_awaited_when_its_complete_stalls(val):
