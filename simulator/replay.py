@@ -20,10 +20,8 @@ as flow control allows.  Two levels of flow control:
   instead (four more messages per reading with four models).  The window trades replay
   speed for forecast latency (Little's law: latency ~ window / throughput); see
   :data:`DEFAULT_WINDOW`.  Models that make no progress for ``stall_s`` seconds stop being
-  waited for (logged), so a dead predictor cannot stall the replay.  Followed through a
-  node, a stuck complete minute (a dead collector, or a dead predictor: Progress does not
-  say which) first switches to following the models' own forecasts, so that a dead
-  collector does not take the models' pacing with it.
+  waited for (logged), so a dead predictor cannot stall the replay; a stuck complete
+  minute first switches to the models' own forecasts (a dead collector keeps them pacing).
 """
 
 from __future__ import annotations
@@ -93,9 +91,8 @@ class Simulator:
         #: per awaited node: the newest minute it has handled for every house
         self.node_minute: dict[str, int] = {}
         self.malformed = 0
-        #: Awaiting models and nodes (the collector) together, the models are followed through the
-        #: nodes' Progress.complete (every model's forecast of every house stored up to that minute)
-        #: instead of through every forecast: four fewer messages per reading with four models.
+        #: With models and nodes (the collector) awaited, the models are followed through the nodes'
+        #: Progress.complete instead of every forecast (see _follow_forecasts for when that stalls).
         self.models_via = sorted(self.await_nodes) if self.await_models else []
         #: per awaited node: the newest minute up to which it holds every awaited model's forecasts
         self.node_complete: dict[str, int] = {}
@@ -341,17 +338,10 @@ class Simulator:
                 last_progress = time.monotonic()
 
     def _follow_forecasts(self, last: str, seq: int, stalled_nodes: list[str]) -> None:
-        """Stop following the models through the collector's Progress.complete: subscribe to their
-        forecasts, taking each as having forecast minute ``seq`` (at most ``window`` readings were in
-        flight), so that a live model paces again and a dead one is found alone by the next stall;
-        a node that handled nothing meanwhile stops being awaited."""
-        log.warning(
-            "no complete minute from %s for %.0f s; following the forecasts of %s directly%s",
-            ", ".join(self.models_via),
-            self.stall_s,
-            ", ".join(sorted(self.await_models)),
-            f"; no longer waiting for {', '.join(stalled_nodes)}" if stalled_nodes else "",
-        )
+        """Follow the models by their own forecasts, each taken as at minute ``seq`` (a window was in
+        flight): a live model paces again, a dead one is found alone by the next stall."""
+        dropped = f"; no longer waiting for {', '.join(stalled_nodes)}" if stalled_nodes else ""
+        log.warning("no complete minute from %s; following the forecasts directly%s", self.models_via, dropped)
         self.models_via = []
         self.await_nodes -= set(stalled_nodes)
         self.bus.subscribe(
