@@ -90,6 +90,8 @@ class PredictorNode:
         self.stats = NodeStats(self.node)
         self.houses: dict[Stream, Forecaster] = {}
         self.last_seq: dict[Stream, int] = {}
+        #: the streams whose readings lack a measurement this model needs (logged once each)
+        self.lacking_said: set[Stream] = set()
         self.state_path = Path(state_path) if state_path is not None else None
         if self.state_path is not None and self.state_path.exists():
             self.load_state()
@@ -199,6 +201,7 @@ class PredictorNode:
             for table in (self.houses, self.last_seq, self.held, self.held_since, self.sent):
                 for key in [k for k in table if k[0] == old]:
                     del table[key]
+            self.lacking_said = {k for k in self.lacking_said if k[0] != old}
             self.stats.counters["runs_dropped"] += 1
             log.info("%s: run %s started; dropped the state of run %s (used longest ago)", self.node, run, old)
         self.runs[run] = None
@@ -257,6 +260,20 @@ class PredictorNode:
     def _learn(self, msg: Reading, pending: list) -> None:
         key = (msg.run, msg.house)
         self.last_seq[key] = msg.seq
+        lacking = self.model.lacks(msg)
+        if lacking:  # a meter without this measurement: nothing to learn or forecast, said once per stream
+            self.stats.counters["lacking"] += 1
+            if key not in self.lacking_said:
+                self.lacking_said.add(key)
+                log.warning(
+                    "%s: house %s of run %s: readings lack %s, which %s needs: no forecasts for them (counted as lacking)",
+                    self.node,
+                    msg.house,
+                    msg.run,
+                    ", ".join(lacking),
+                    self.model.name,
+                )
+            return
         forecaster = self.houses.get(key)
         if forecaster is None:
             forecaster = self.houses[key] = self.model.new_forecaster()

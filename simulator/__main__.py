@@ -18,6 +18,7 @@ from wattcast.config import (
     add_data_args,
     add_node_args,
     broker_from_args,
+    columns_from_args,
     env_default,
     parse_speed,
     positive_float,
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.houses < 1:
             raise ValueError("--houses must be at least 1")
-        split = load_split(args.data, args.fraction, args.seed)
+        split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))
         for note in data_notes(split.info):
             print(f"simulator: data: {note}", file=sys.stderr)
         streams = house_streams(split.val, args.houses, args.limit)

@@ -158,6 +158,7 @@ class Simulator:
                         if i >= len(s):
                             continue
                         gap, grp, volt, amps, sub1, sub2, sub3 = s.values_at(i)
+                        assert gap is not None  # the forecast target: every data file has it
                         reading = Reading(
                             s.house,
                             i,

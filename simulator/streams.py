@@ -30,14 +30,18 @@ class HouseStream:
 
     house: str
     ts: np.ndarray  # int64 unix seconds of the split (shared)
-    values: np.ndarray  # (n, 7) float64, READING_FIELDS order (shared)
+    values: np.ndarray  # (n, 7) float64, READING_FIELDS order (shared); NaN: a measurement the meter lacks
     offset: int = 0
     restamp: bool = False
     length: int | None = None  # readings of this house (default: len(ts))
+    #: the columns the meter lacks (all NaN: left out of its readings); None: find out from ``values``
+    absent: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.length is None:
             self.length = len(self.ts)
+        if self.absent is None:
+            self.absent = absent_columns(self.values)
 
     def __len__(self) -> int:
         return len(self.ts) if self.length is None else self.length
@@ -47,8 +51,18 @@ class HouseStream:
             return int(self.ts[0]) + 60 * i
         return int(self.ts[(i + self.offset) % len(self.ts)])
 
-    def values_at(self, i: int) -> list[float]:
-        return self.values[(i + self.offset) % len(self.values)].tolist()
+    def values_at(self, i: int) -> list[float | None]:
+        row: list[float | None] = self.values[(i + self.offset) % len(self.values)].tolist()
+        for c in self.absent or ():
+            row[c] = None
+        return row
+
+
+def absent_columns(values: np.ndarray) -> tuple[int, ...]:
+    """The measurements (columns) a meter lacks: NaN in every row (a data file's unmapped fields)."""
+    if not len(values):
+        return ()
+    return tuple(int(c) for c in np.flatnonzero(np.isnan(values).all(axis=0)))
 
 
 def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
@@ -56,8 +70,9 @@ def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> l
     ts = val["ts"].to_numpy(np.int64)
     values = val[list(READING_FIELDS)].to_numpy(np.float64)
     length = n if limit is None else min(n, limit)
+    absent = absent_columns(values)
     return [
-        HouseStream(house, ts, values, offset=(k * n) // houses, restamp=(k * n) // houses != 0, length=length)
+        HouseStream(house, ts, values, (k * n) // houses, (k * n) // houses != 0, length, absent)
         for k, house in enumerate(house_ids(houses))
     ]
 

@@ -25,7 +25,7 @@ from predictor.node import MAX_RUNS, PredictorNode
 from simulator.replay import Simulator
 from simulator.streams import house_streams
 from wattcast.bus import MemoryHub, Message
-from wattcast.contract import ALL_ENDS, ALL_READINGS, EndOfStream, Forecast, decode
+from wattcast.contract import ALL_ENDS, ALL_READINGS, READING_FIELDS, EndOfStream, Forecast, Reading, decode
 from wattcast.data import to_readings
 from wattcast.evaluation import stream_forecasts
 from wattcast.forecasters import load_model
@@ -303,6 +303,31 @@ def test_a_store_of_an_older_layout_is_a_clear_error(tmp_path):
         Store(old)
     with pytest.raises(ValueError, match="before run ids"):
         load_report_data(old)
+
+
+def test_a_store_of_layout_2_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path):
+    """Layout 3 only lets a reading's measurements other than global active power be NULL."""
+    from wattcast.store.schema import READING_COLUMNS, SCHEMA
+
+    old = tmp_path / "v2.db"
+    con = sqlite3.connect(old)
+    layout2 = SCHEMA.replace(READING_COLUMNS, ", ".join(f"{f} REAL NOT NULL" for f in READING_FIELDS))
+    con.executescript(layout2.replace("PRAGMA user_version = 3", "PRAGMA user_version = 2"))
+    con.execute("INSERT INTO readings VALUES ('r1', 'h000', 60, 0, 1, 2, 3, 4, 5, 6, 7, NULL, 1.5)")
+    con.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # what layout 2 refuses
+        con.execute(
+            "INSERT INTO readings (run, house, ts, seq, global_active_power, received_at) "
+            "VALUES ('r1', 'h000', 120, 1, 1, 2)"
+        )
+    con.close()
+    store = Store(old)
+    store.add_readings([(Reading("h000", 1, 120, 0.5, run="r1"), 2.0)])
+    store.db.commit()
+    rows = store.db.execute("SELECT ts, global_active_power, voltage, received_at FROM readings ORDER BY ts").fetchall()
+    assert rows == [(60, 1.0, 3.0, 1.5), (120, 0.5, None, 2.0)]
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    store.close()
 
 
 def test_pooling_counts_every_matched_forecast_once():

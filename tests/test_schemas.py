@@ -108,7 +108,8 @@ def test_the_model_enum_is_the_contracts():
 
 INVALID = [
     ("reading", "missing seq", lambda o: o.pop("seq")),
-    ("reading", "missing a measurement", lambda o: o.pop("voltage")),
+    ("reading", "missing the forecast target", lambda o: o.pop("global_active_power")),
+    ("reading", "voltage as a string", lambda o: o.update(voltage="236.5")),
     ("reading", "house with a slash", lambda o: o.update(house="h/0")),
     ("reading", "house as a list", lambda o: o.update(house=["h000"])),
     ("reading", "house as a number", lambda o: o.update(house=7)),
@@ -122,7 +123,6 @@ INVALID = [
     ("reading", "ts before 1990", lambda o: o.update(ts=0)),
     ("reading", "ts after 2100", lambda o: o.update(ts=4102444801)),
     ("reading", "measurement as a string", lambda o: o.update(voltage="236.5")),
-    ("reading", "measurement as null", lambda o: o.update(voltage=None)),
     ("reading", "measurement as a boolean", lambda o: o.update(global_active_power=False)),
     ("reading", "measurement above 1e6", lambda o: o.update(global_active_power=1e7)),
     ("reading", "negative sent_at", lambda o: o.update(sent_at=-1.0)),

@@ -16,12 +16,14 @@ from wattcast.config import (
     Parser,
     add_broker_args,
     add_data_args,
+    columns_from_args,
     env_default,
     positive_float,
     positive_int,
     run_id,
 )
 from wattcast.contract import MODELS
+from wattcast.data_commands import add_data_commands
 
 
 class UsageError(Exception):
@@ -35,44 +37,22 @@ def _models_dir(value: str | None) -> Path | None:
 # ----------------------------------------------------------------------- subcommands
 
 
-def cmd_data_download(args: argparse.Namespace) -> int:
-    from wattcast.download import download_dataset
-
-    path = download_dataset(
-        url=args.url, cache_dir=Path(args.cache_dir) if args.cache_dir else None, sha256=args.sha256, force=args.force
-    )
-    print(path)
-    return 0
-
-
-def cmd_data_info(args: argparse.Namespace) -> int:
-    from wattcast.data import load_split
-
-    split = load_split(args.data, args.fraction, args.seed)
-    print(json.dumps(split.info, indent=2))
-    return 0
-
-
-def cmd_data_extract(args: argparse.Namespace) -> int:
-    from wattcast.data import DEFAULT_FRACTION, extract_block
-
-    n = extract_block(args.data, args.out, args.fraction or DEFAULT_FRACTION, args.seed)
-    print(f"wrote {n} rows to {args.out}")
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from wattcast.data import load_split
+    from wattcast.data import absent_fields, load_split
 
     names = ["lstm", "lstm-augmented"] if args.model == "all" else [args.model]
-    split = load_split(args.data, args.fraction, args.seed)
+    split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))
     try:
-        from wattcast.training import TrainOptions, train
+        from wattcast.training import SPECS, TrainOptions, train
     except ImportError as exc:
         raise UsageError(f"training needs TensorFlow ({exc.name} is missing): pip install 'wattcast[train]'") from None
     out = Path(args.out) if args.out else _default_models_dir()
     units = tuple(int(u) for u in args.units.split(",")) if args.units else None
+    absent = absent_fields(split.train)
     for name in names:
+        lacking = [f for f in SPECS[name].features if f in absent]
+        if lacking:
+            raise UsageError(f"{name} learns from {', '.join(lacking)}, which the data does not have (--field)")
         meta = train(name, split, out, TrainOptions(seed=args.train_seed, epochs=args.epochs, units=units))
         v = meta["validation"]
         print(f"{name}: n={v['n']} mse={v['mse']:.4f} rmse={v['rmse']:.4f} mae={v['mae']:.4f} -> {out / name}")
@@ -90,15 +70,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wattcast.evaluation import evaluate
     from wattcast.forecasters import load_model
 
-    split = load_split(args.data, args.fraction, args.seed)
-    from wattcast.data import data_notes
+    split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))
+    from wattcast.data import absent_fields, data_notes, lacking_note
 
     for note in data_notes(split.info):
         print(f"wattcast: data: {note}", file=sys.stderr)
     results = {}
+    absent = absent_fields(split.val)
     for name in args.models:
         model = load_model(name, _models_dir(args.models_dir), mu=args.mu)
+        lacking = [f for f in model.needs if f in absent]
+        if lacking:
+            print(f"wattcast: {lacking_note(name, lacking)}", file=sys.stderr)
+            continue
         results[name] = evaluate(model, split.val).to_dict()
+    if not results:
+        raise UsageError("no model can run on this data (above: what each needs)")
     if args.json:
         print(json.dumps({"split": split.info, "models": results}, indent=2))
         return 0
@@ -231,21 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    d = sub.add_parser("data", help="get, inspect or cut the meter data")
-    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    dl = dsub.add_parser("download", help="fetch the UCI archive to a local cache and verify it")
-    dl.add_argument("--url", default=None, help="archive URL (default: the UCI repository's zip)")
-    dl.add_argument("--cache-dir", default=None, help="where to keep it (default: ~/.cache/wattcast)")
-    dl.add_argument("--sha256", default=None, help="expected SHA-256 of household_power_consumption.txt")
-    dl.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
-    dl.set_defaults(func=cmd_data_download)
-    di = dsub.add_parser("info", help="print the split facts of a data file")
-    add_data_args(di)
-    di.set_defaults(func=cmd_data_info)
-    de = dsub.add_parser("extract", help="write the notebook's block of a UCI file, in the UCI format")
-    add_data_args(de)
-    de.add_argument("--out", required=True, help="output file (.txt or .txt.gz)")
-    de.set_defaults(func=cmd_data_extract)
+    add_data_commands(sub)
 
     t = sub.add_parser("train", help="train an LSTM model and write its artifact (needs TensorFlow)")
     t.add_argument(

@@ -10,8 +10,12 @@ import argparse
 import math
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from wattcast.bus import BrokerConfig
+
+if TYPE_CHECKING:
+    from wattcast.meter_csv import ColumnMap
 
 ENV_BROKER = "WATTCAST_BROKER"  # mqtt://host:port
 ENV_USERNAME = "WATTCAST_MQTT_USERNAME"
@@ -62,6 +66,16 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
     return n
 
 
@@ -190,6 +204,42 @@ def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
         "(default 0.01 of a data file; 1.0 of the shipped sample, which is that block)",
     )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the block's start (default %(default)s)")
+    own = parser.add_argument_group("your own meter's CSV (--data my.csv; README: Your own meter's data)")
+    own.add_argument("--time-col", help="the column of the reading times (ISO 8601, unix seconds or ms)")
+    own.add_argument("--value-col", help="the column of global active power, the forecast target")
+    own.add_argument("--unit", choices=("kW", "W"), help="unit of the power columns (default kW)")
+    own.add_argument(
+        "--field",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="a column of another measurement, e.g. voltage=V_rms (repeatable; fields as in the reading contract)",
+    )
+    own.add_argument(
+        "--time-format", help="strftime format of the times when they are not ISO 8601, e.g. %%d/%%m/%%Y %%H:%%M"
+    )
+    own.add_argument(
+        "--fill-gaps",
+        type=non_negative_int,
+        metavar="MINUTES",
+        help="interpolate gaps of at most this many minutes (default 0: a minute without a row is not sent)",
+    )
+
+
+OWN_CSV_FLAGS = ("time_col", "value_col", "unit", "field", "time_format", "fill_gaps")
+
+
+def columns_from_args(args: argparse.Namespace) -> ColumnMap | None:
+    """The column map of ``--time-col`` and friends, or None (a UCI file); ColumnError: one line."""
+    from wattcast.meter_csv import ColumnError, ColumnMap
+
+    given = [f for f in OWN_CSV_FLAGS if getattr(args, f, None) not in (None, [])]
+    if not given:
+        return None
+    if not (args.time_col and args.value_col):
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ColumnError(f"{flags} describe your own CSV: give both --time-col and --value-col")
+    fields = tuple(ColumnMap.parse_field(text) for text in args.field or ())
+    return ColumnMap(args.time_col, args.value_col, args.unit or "kW", fields, args.time_format, args.fill_gaps or 0)
 
 
 def add_log_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from wattcast.contract import READING_FIELDS, READING_MAX, READING_MIN, TS_MAX, TS_MIN, Reading
+from wattcast.meter_csv import ColumnMap, read_csv, resampling_notes
 
 UCI_COLUMNS = [
     "Global_active_power",
@@ -64,6 +65,13 @@ def sample_path() -> Path:
     return sample_dir() / SAMPLE_NAME
 
 
+def example_path() -> Path:
+    """The synthetic example of your own meter's CSV (``wattcast data example``)."""
+    from wattcast.assets import sample_dir
+
+    return sample_dir() / "example_meter.csv"
+
+
 # ---------------------------------------------------------------------------- reading
 
 
@@ -93,14 +101,22 @@ def _open_text(path: Path) -> io.TextIOBase:
         raise DataError(f"{path}: cannot open: {exc}") from None
 
 
-def read_meter_file(path: str | Path) -> pd.DataFrame:
+def read_meter_file(path: str | Path, own: ColumnMap | None = None) -> pd.DataFrame:
     """Read and clean a meter file.
 
     Returns one row per minute with columns ``datetime``, ``ts`` (unix seconds)
     and the seven measurements named as in :data:`wattcast.contract.READING_FIELDS`.
     Rows with a missing value are dropped; ``df.attrs["rows_raw"]`` keeps the count before.
+    With ``own``, the file is your own meter's CSV (:mod:`wattcast.meter_csv`): a
+    measurement it does not map is NaN in every row.
     """
     path = Path(path)
+    if own is not None:
+        with _open_text(path) as fh:
+            try:
+                return read_csv(path, fh, own, DataError)
+            except (EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DataError(f"{path}: cannot read (damaged file?): {exc}") from None
     with _open_text(path) as fh:
         try:
             header = fh.readline().strip().lstrip("\ufeff")
@@ -117,6 +133,8 @@ def read_meter_file(path: str | Path) -> pd.DataFrame:
             hint = ""
             if len(columns) == 1:
                 hint = " (wrong separator? the UCI file uses ';', the cleaned CSV ',')"
+            elif "Global_active_power" not in columns:
+                hint = " (your own meter's CSV? name its columns with --time-col and --value-col)"
             raise DataError(f"{path}: missing column(s) {', '.join(what)}{hint}")
         raw = _read_rows(path, fh, sep, columns, numeric=True)
     if raw is None:  # a value that is not a number: read as text again, to name it (below)
@@ -237,7 +255,23 @@ def data_notes(info: dict[str, Any]) -> list[str]:
         notes.append(f"{info['out_of_order']} row(s) older than a row before them: put in time order")
     if info.get("duplicates_dropped"):
         notes.append(f"{info['duplicates_dropped']} row(s) with the timestamp of an earlier row: dropped (first kept)")
+    notes += resampling_notes(info.get("resampling") or {})
+    if info.get("absent"):
+        notes.append(f"not in the data (absent from its readings): {', '.join(info['absent'])}")
     return notes
+
+
+def absent_fields(df: pd.DataFrame) -> list[str]:
+    """The measurements a meter frame lacks (NaN in every row: your own CSV's unmapped fields)."""
+    return [f for f in READING_FIELDS if len(df) and bool(df[f].isna().all())]
+
+
+def lacking_note(model: str, lacking: list[str]) -> str:
+    """Why ``model`` is not run on data without the measurements ``lacking`` (one line)."""
+    return (
+        f"{model} needs {', '.join(lacking)}, which the data does not have "
+        f"(map a column with --field {lacking[0]}=COLUMN): not run"
+    )
 
 
 # ------------------------------------------------------------------------------ split
@@ -261,17 +295,25 @@ class Split:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def load_split(path: str | Path | None = None, fraction: float | None = None, seed: int = DEFAULT_SEED) -> Split:
+def load_split(
+    path: str | Path | None = None,
+    fraction: float | None = None,
+    seed: int = DEFAULT_SEED,
+    columns: ColumnMap | None = None,
+) -> Split:
     """Read ``path`` (default: the shipped sample) and cut the notebook's train/validation split.
 
-    ``fraction`` defaults to 0.01 for a data file and to 1.0 for the shipped
-    sample, which already is that 1 % block of the full data set.
+    ``fraction`` defaults to 0.01 for a data file (the UCI data set's four years) and to
+    1.0 for the shipped sample, which already is that 1 % block, and for your own meter's
+    CSV (``columns``: the whole file, 80 % to train, 20 % to replay).
     """
     is_sample = path is None
+    if is_sample and columns is not None:
+        raise DataError("--time-col and --value-col describe your own CSV: give it with --data")
     path = sample_path() if path is None else Path(path)
     if fraction is None:
-        fraction = 1.0 if is_sample else DEFAULT_FRACTION
-    return split_frame(read_meter_file(path), fraction, seed, "shipped sample" if is_sample else str(path))
+        fraction = 1.0 if is_sample or columns is not None else DEFAULT_FRACTION
+    return split_frame(read_meter_file(path, columns), fraction, seed, "shipped sample" if is_sample else str(path))
 
 
 def split_frame(df: pd.DataFrame, fraction: float, seed: int, source: str) -> Split:
@@ -289,6 +331,7 @@ def split_frame(df: pd.DataFrame, fraction: float, seed: int, source: str) -> Sp
         "rows_clean": len(df),
         "out_of_order": df.attrs.get("out_of_order", 0),
         "duplicates_dropped": df.attrs.get("duplicates_dropped", 0),
+        **{k: df.attrs[k] for k in ("columns", "unit", "resampling", "absent") if k in df.attrs},
         "start_index": start,
         "block": [block["datetime"].iloc[0].strftime(fmt), block["datetime"].iloc[-1].strftime(fmt)],
         "train_rows": len(train),
@@ -301,9 +344,12 @@ def split_frame(df: pd.DataFrame, fraction: float, seed: int, source: str) -> Sp
 
 def to_readings(df: pd.DataFrame, house: str = "h000", seq0: int = 0) -> list[Reading]:
     """The rows of ``df`` as :class:`Reading` messages of ``house``, numbered from ``seq0``."""
-    values = df[list(READING_FIELDS)].to_numpy(np.float64).tolist()
+    array = df[list(READING_FIELDS)].to_numpy(np.float64)
+    values = array.astype(object) if np.isnan(array).any() else array  # a measurement the meter lacks: None
+    if values is not array:
+        values[np.isnan(array)] = None
     ts = df["ts"].to_numpy(np.int64).tolist()
-    return [Reading(house, seq0 + i, t, *v) for i, (t, v) in enumerate(zip(ts, values, strict=True))]
+    return [Reading(house, seq0 + i, t, *v) for i, (t, v) in enumerate(zip(ts, values.tolist(), strict=True))]
 
 
 # ----------------------------------------------------------------------- write a block

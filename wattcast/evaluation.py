@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from wattcast.data import to_readings
+from wattcast.data import lacking_note, to_readings
 from wattcast.forecasters import Model
 
 
@@ -57,6 +57,9 @@ def stream_forecasts(model: Model, val: pd.DataFrame, house: str = "h000") -> tu
 
     ``val`` must be in time order with unique timestamps (what :func:`wattcast.data.read_meter_file` returns).
     """
+    lacking = [f for f in model.needs if val[f].isna().any()]
+    if lacking:
+        raise ValueError(lacking_note(model.name, lacking))
     readings = to_readings(val, house)
     targets_at = target_index(val["ts"].to_numpy(np.int64), model.horizon_s)
     forecaster = model.new_forecaster()

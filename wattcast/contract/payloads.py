@@ -51,6 +51,9 @@ READING_FIELDS = (
     "sub_metering_2",
     "sub_metering_3",
 )
+#: A reading's measurements other than global active power are optional: a meter that does not
+#: measure one leaves it out (a model that needs it refuses such readings, see ``Model.needs``).
+ABSENT = "; absent when the meter does not measure it"
 #: The range of every measurement of a reading (what a data file's values are checked against).
 READING_MIN, READING_MAX = -1e6, 1e6
 #: The range of event timestamps (unix seconds): 1990-01-01 .. 2100-01-01.
@@ -129,15 +132,24 @@ class Reading(Payload, frozen=True, omit_defaults=True):
         EVENT_TIME,
         D("event time of the reading: unix seconds of the meter's clock (the data set's local time read as UTC)"),
     ]
-    global_active_power: Annotated[float, KW, D("household global minute-averaged active power (kW)")]
-    global_reactive_power: Annotated[float, KW, D("household global minute-averaged reactive power (kW)")]
-    voltage: Annotated[float, KW, D("minute-averaged voltage (V)")]
-    global_intensity: Annotated[float, KW, D("household global minute-averaged current intensity (A)")]
-    sub_metering_1: Annotated[float, KW, D("energy sub-metering No. 1, kitchen (Wh of active energy)")]
-    sub_metering_2: Annotated[float, KW, D("energy sub-metering No. 2, laundry room (Wh of active energy)")]
-    sub_metering_3: Annotated[
-        float, KW, D("energy sub-metering No. 3, water heater and air conditioner (Wh of active energy)")
-    ]
+    global_active_power: Annotated[float, KW, D("household global minute-averaged active power (kW), the forecast target")]
+    global_reactive_power: (
+        Annotated[float, KW, D("household global minute-averaged reactive power (kW)" + ABSENT)] | None
+    ) = None
+    voltage: Annotated[float, KW, D("minute-averaged voltage (V)" + ABSENT)] | None = None
+    global_intensity: Annotated[float, KW, D("household global minute-averaged current intensity (A)" + ABSENT)] | None = (
+        None
+    )
+    sub_metering_1: Annotated[float, KW, D("energy sub-metering No. 1, kitchen (Wh of active energy)" + ABSENT)] | None = (
+        None
+    )
+    sub_metering_2: (
+        Annotated[float, KW, D("energy sub-metering No. 2, laundry room (Wh of active energy)" + ABSENT)] | None
+    ) = None
+    sub_metering_3: (
+        Annotated[float, KW, D("energy sub-metering No. 3, water heater and air conditioner (Wh of active energy)" + ABSENT)]
+        | None
+    ) = None
     sent_at: (
         Annotated[float, NON_NEGATIVE, D("wall-clock unix seconds when the simulator published it (optional; for latency)")]
         | None

@@ -65,7 +65,9 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "sub_metering_2": 1.0,
             "sub_metering_3": 17.0,
             "sent_at": 1763700000.123,
-        }
+        },
+        # your own meter's CSV with only a power column: the other measurements are left out
+        {"run": RUN, "house": "h001", "seq": 0, "ts": 1709301900, "global_active_power": 0.412},
     ],
     "end": [{"run": RUN, "house": "h000", "readings": 4099, "last_seq": 4098, "last_ts": 1196926800}],
     "forecast": [

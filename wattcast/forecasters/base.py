@@ -107,6 +107,13 @@ class Model(ABC):
     horizon_s: int = HORIZON_S
     #: forecasts start once this many readings have been seen (2, as in the course)
     min_readings: int = 2
+    #: the measurements of a reading this model learns from (all but global active power are
+    #: optional in the contract: a reading that lacks one is not for this model)
+    needs: tuple[str, ...] = ("global_active_power",)
+
+    def lacks(self, reading: Reading) -> list[str]:
+        """The measurements this model needs that ``reading`` does not have (empty: it can learn from it)."""
+        return [f for f in self.needs if getattr(reading, f) is None]
 
     @abstractmethod
     def new_forecaster(self) -> Forecaster: ...

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.contract import Reading
+from wattcast.contract import READING_FIELDS, Reading
 from wattcast.forecasters.base import Forecaster, Model
 
 
@@ -218,6 +218,7 @@ class LstmModel(Model):
         self.name = m["name"]
         self.version = m["version"]
         self.features: list[str] = m["features"]
+        self.needs = tuple(self.features)
         self.seq_length: int = m["seq_length"]
         self.horizon_s = int(m["horizon_steps"]) * 60
         scaler = m.get("scaler")
@@ -232,6 +233,9 @@ class LstmModel(Model):
             self.target_min, self.target_span = 0.0, 1.0
         if m.get("target") != "global_active_power" or self.features[0] != "global_active_power":
             raise ArtifactError(f"{directory}: the first feature and the target must be global_active_power")
+        unknown = [f for f in self.features if f not in READING_FIELDS]
+        if unknown:
+            raise ArtifactError(f"{directory}: feature(s) {', '.join(unknown)} are no measurements of a reading")
 
     def new_forecaster(self) -> LstmForecaster:
         return LstmForecaster(self)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from wattcast.config import (
     ENV_MODELS_DIR,
     add_data_args,
+    columns_from_args,
     env_default,
     parse_speed,
     port_number,
@@ -17,6 +19,9 @@ from wattcast.config import (
 from wattcast.contract import (
     MODELS,
 )
+
+if TYPE_CHECKING:
+    from wattcast.meter_csv import ColumnMap
 
 
 @dataclass
@@ -30,6 +35,7 @@ class RunOptions:
     data: str | None = None
     fraction: float | None = None
     seed: int = 1234  # wattcast.data.DEFAULT_SEED (not imported: pandas would load for --help)
+    columns: ColumnMap | None = None  # your own meter's CSV (--time-col, --value-col...)
     broker: str | None = None
     broker_kind: str | None = None
     username: str | None = None
@@ -52,7 +58,8 @@ class RunOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "columns"}
+        return cls(**given, columns=columns_from_args(args))
 
 
 class RunError(RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,10 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     from wattcast.capacity import Plan, check
     from wattcast.data import data_notes, load_split
 
-    split = load_split(args.data, args.fraction, args.seed)
+    split = load_split(args.data, args.fraction, args.seed, args.columns)
     for note in data_notes(split.info):
         say(f"data: {note}")
+    args = _models_for_the_data(args, split.val, say)
     minutes = len(split.val) if args.limit is None else min(args.limit, len(split.val))
     check(Plan(args.houses, minutes, len(args.models), args.speed), args.timeout)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -79,6 +81,27 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
 
             shutil.rmtree(store_path.parent, ignore_errors=True)
         raise RunError(str(exc)) from None
+
+
+def _models_for_the_data(args: RunOptions, val, say) -> RunOptions:
+    """``args`` without the models that need a measurement the data lacks (each said why); RunError if none is left."""
+    from wattcast.data import absent_fields, lacking_note
+    from wattcast.forecasters import load_model
+
+    absent = absent_fields(val)
+    if not absent:
+        return args
+    models, refused = [], []
+    for name in args.models:
+        lacking = [f for f in load_model(name, Path(args.models_dir) if args.models_dir else None).needs if f in absent]
+        if lacking:
+            refused.append(lacking_note(name, lacking))
+            say(refused[-1])
+        else:
+            models.append(name)
+    if not models:
+        raise RunError(f"no model can run on this data: {'; '.join(refused)}")
+    return replace(args, models=models)
 
 
 def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int) -> dict[str, Any]:
@@ -134,6 +157,8 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     if args.fraction is not None:
         data_args += ["--fraction", str(args.fraction)]
     data_args += ["--seed", str(args.seed)]
+    if args.columns is not None:
+        data_args += args.columns.argv()
 
     children: list[Child] = []
     interrupt = Interrupt()

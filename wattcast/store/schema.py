@@ -22,8 +22,12 @@ from pathlib import Path
 
 from wattcast.contract import READING_FIELDS
 
-#: ``PRAGMA user_version`` of this layout (2: every row names its run)
-LAYOUT = 2
+#: ``PRAGMA user_version`` of this layout (2: every row names its run; 3: a reading's measurements
+#: other than global active power may be NULL, for meters that do not measure them)
+LAYOUT = 3
+
+#: global active power is required, the other measurements optional (as in the contract)
+READING_COLUMNS = ", ".join(f"{f} REAL{' NOT NULL' if f == 'global_active_power' else ''}" for f in READING_FIELDS)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,7 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS readings (
     run TEXT NOT NULL, house TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
-    {", ".join(f"{f} REAL NOT NULL" for f in READING_FIELDS)},
+    {READING_COLUMNS},
     sent_at REAL, received_at REAL NOT NULL,
     PRIMARY KEY (run, house, ts)
 );
@@ -75,12 +79,33 @@ class StoreError(ValueError):
     """A file that is not a store of this layout (one line, for the user)."""
 
 
-def check_layout(db: sqlite3.Connection, path: Path | str) -> None:
-    """StoreError if ``db`` holds a collector store of another layout (an older wattcast)."""
+def check_layout(db: sqlite3.Connection, path: Path | str, upgrade: bool = False) -> None:
+    """StoreError if ``db`` holds a collector store of another layout (an older wattcast).
+
+    Layout 2 differs only in its readings' NOT NULL measurements: a reader reads it as
+    it is, a writer (``upgrade``) rebuilds its readings table in one transaction.
+    """
     version = db.execute("PRAGMA user_version").fetchone()[0]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "readings" in tables and version == 2:
+        if upgrade:
+            _upgrade_2_to_3(db)
+        return
     if "readings" in tables and version != LAYOUT:
         raise StoreError(
-            f"{path} was written by a wattcast {'before run ids' if version < LAYOUT else 'newer'} "
+            f"{path} was written by a wattcast {'before run ids' if version < 2 else 'newer'} "
             f"(store layout {version}, this one reads {LAYOUT}): move it away or give another --store"
         )
+
+
+def _upgrade_2_to_3(db: sqlite3.Connection) -> None:
+    """Layout 2 to 3: the readings table again, with nullable measurements (rows copied as they are)."""
+    with db:
+        db.execute("ALTER TABLE readings RENAME TO readings_layout2")
+        db.execute(
+            "CREATE TABLE readings (run TEXT NOT NULL, house TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL, "
+            f"{READING_COLUMNS}, sent_at REAL, received_at REAL NOT NULL, PRIMARY KEY (run, house, ts))"
+        )
+        db.execute("INSERT INTO readings SELECT * FROM readings_layout2")
+        db.execute("DROP TABLE readings_layout2")
+        db.execute(f"PRAGMA user_version = {LAYOUT}")

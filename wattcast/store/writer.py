@@ -22,7 +22,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path))
         try:
-            check_layout(self.db, path)
+            check_layout(self.db, path, upgrade=True)
         except StoreError:
             self.db.close()
             raise
