@@ -23,6 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The dependencies first, from pyproject.toml alone: this layer is rebuilt only when
 # they change, not on every source edit.
+# libgomp1: OpenMP, which LightGBM (the gbm models) links against; the slim image lacks it.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \

@@ -20,6 +20,7 @@ import pytest
 from helpers import REPO
 
 from wattcast.broker import available_kind
+from wattcast.contract import MODELS
 
 IGNORE = shutil.ignore_patterns(
     ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "out"
@@ -75,7 +76,7 @@ def test_a_non_editable_install_runs_and_evaluates_from_any_folder(tmp_path):
         )
         assert run.returncode == 0, f"from {cwd}: {run.stdout}\n{run.stderr}"
         result = json.loads(run.stdout)
-        assert set(result["models"]) == {"lstm", "lstm-augmented", "linear", "persistence"}
+        assert set(result["models"]) == set(MODELS)
         # 40 readings, forecasts from the 2nd on, 5 minutes ahead: 34 matched per model
         assert all(r["n"] == 34 for r in result["models"].values()), result["models"]
         ev = subprocess.run([cli, "evaluate", "--json"], capture_output=True, text=True, cwd=cwd, env=_env(), timeout=300)

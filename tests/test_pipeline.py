@@ -102,8 +102,8 @@ def test_full_replay_at_max_speed_loses_nothing_and_equals_offline_scores(module
     s = Store(store)
     try:
         assert s.count("readings") == 4099
-        assert s.count("forecasts") == 4 * 4098
-        assert s.count("matches") == 4 * 4093
+        assert s.count("forecasts") == len(MODELS) * 4098
+        assert s.count("matches") == len(MODELS) * 4093
     finally:
         s.close()
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from wattcast import report
 from wattcast.broker import available_kind
+from wattcast.contract import MODELS
 from wattcast.report import DPI, FIGURES, build_report
 
 MODELS_DIR = REPO / "models"
@@ -178,7 +179,7 @@ def test_html_table_holds_the_stores_numbers(built):
             db, "SELECT model, n, mse, rmse, mae, unmatched, pending FROM summary WHERE house = 'h000'"
         )
     }
-    assert {model for _, model in t} == set(summary) == {"lstm", "lstm-augmented", "linear", "persistence"}
+    assert {model for _, model in t} == set(summary) == set(MODELS)
     pooled = {
         m: (n, mse) for m, n, mse in query(db, "SELECT model, COUNT(*), AVG(error * error) FROM matches GROUP BY model")
     }

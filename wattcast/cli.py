@@ -40,23 +40,43 @@ def _models_dir(value: str | None) -> Path | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from wattcast.data import absent_fields, load_split
 
-    names = ["lstm", "lstm-augmented"] if args.model == "all" else [args.model]
-    split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))
-    try:
-        from wattcast.training import SPECS, TrainOptions, train
-    except ImportError as exc:
-        raise UsageError(f"training needs TensorFlow ({exc.name} is missing): pip install 'wattcast[train]'") from None
+    names = ["lstm", "lstm-augmented", "gbm"] if args.model == "all" else [args.model]
+    columns = columns_from_args(args)
+    split = load_split(args.data, args.fraction, args.seed, columns)
     out = Path(args.out) if args.out else _default_models_dir()
-    units = tuple(int(u) for u in args.units.split(",")) if args.units else None
     absent = absent_fields(split.train)
     for name in names:
-        lacking = [f for f in SPECS[name].features if f in absent]
-        if lacking:
-            raise UsageError(f"{name} learns from {', '.join(lacking)}, which the data does not have (--field)")
-        meta = train(name, split, out, TrainOptions(seed=args.train_seed, epochs=args.epochs, units=units))
+        if name.startswith("gbm"):
+            meta = _train_gbm(name, args, split, columns, out)
+        else:
+            try:
+                from wattcast.training import SPECS, TrainOptions, train
+            except ImportError as exc:
+                raise UsageError(
+                    f"training needs TensorFlow ({exc.name} is missing): pip install 'wattcast[train]'"
+                ) from None
+            lacking = [f for f in SPECS[name].features if f in absent]
+            if lacking:
+                raise UsageError(f"{name} learns from {', '.join(lacking)}, which the data does not have (--field)")
+            units = tuple(int(u) for u in args.units.split(",")) if args.units else None
+            meta = train(name, split, out, TrainOptions(seed=args.train_seed, epochs=args.epochs, units=units))
         v = meta["validation"]
         print(f"{name}: n={v['n']} mse={v['mse']:.4f} rmse={v['rmse']:.4f} mae={v['mae']:.4f} -> {out / name}")
     return 0
+
+
+def _train_gbm(name: str, args: argparse.Namespace, split, columns, out: Path) -> dict:
+    from wattcast.data import absent_fields, read_meter_file, sample_path
+    from wattcast.gbm_training import history_frame, train_gbm
+
+    if absent_fields(split.train):
+        raise UsageError(
+            f"{name} learns from all seven measurements; the data lacks {', '.join(absent_fields(split.train))}"
+        )
+    history = None
+    if name == "gbm-history":  # the readings before the validation start: the whole file again
+        history = history_frame(read_meter_file(args.data or sample_path(), columns), split, args.history_rows)
+    return train_gbm(name, split, out, history, log=lambda line: print(line, file=sys.stderr))
 
 
 def _default_models_dir() -> Path:
@@ -220,15 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
 
-    t = sub.add_parser("train", help="train an LSTM model and write its artifact (needs TensorFlow)")
+    t = sub.add_parser("train", help="train a model and write its artifact (the LSTMs need TensorFlow)")
     t.add_argument(
-        "--model", required=True, choices=["lstm", "lstm-augmented", "all"], help="the LSTM model to train, or all of them"
+        "--model",
+        required=True,
+        choices=["lstm", "lstm-augmented", "gbm", "gbm-history", "all"],
+        help="the model to train; all: lstm, lstm-augmented and gbm (gbm-history needs the full data set)",
     )
     add_data_args(t)
     t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")
     t.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the course's 100)")
     t.add_argument("--units", default=None, help="LSTM units, comma-separated (default: the course's)")
     t.add_argument("--train-seed", type=int, default=1234, help="seed of weights and shuffling (default %(default)s)")
+    t.add_argument(
+        "--history-rows",
+        type=positive_int,
+        default=200_000,
+        help="gbm-history: train on this many readings before the validation start (default %(default)s)",
+    )
     t.set_defaults(func=cmd_train)
 
     bt = sub.add_parser("backtest", help="score the models on many windows of the full data set, against persistence")

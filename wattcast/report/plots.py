@@ -22,7 +22,14 @@ FIGURES: dict[str, tuple[float, float]] = {
     "accuracy_vs_cost.png": (12.0, 4.5),
 }
 CLOSE_UP_MINUTES = 500
-COLORS = {"lstm": "tab:blue", "lstm-augmented": "tab:purple", "linear": "tab:orange", "persistence": "tab:green"}
+COLORS = {
+    "lstm": "tab:blue",
+    "lstm-augmented": "tab:purple",
+    "gbm": "tab:red",
+    "gbm-history": "tab:brown",
+    "linear": "tab:orange",
+    "persistence": "tab:green",
+}
 
 
 def figure(name: str):
