@@ -51,3 +51,26 @@ def test_without_the_full_data_set_it_says_how_to_get_it(tmp_path):
     assert out.returncode == 1 and len(lines) == 1 and "wattcast data download" in lines[0], out.stderr
     bad = run("--data", str(sample_path()), "--windows", "0", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("wattcast: error: --windows")
+
+
+def test_gbm_is_trained_on_each_windows_training_split_and_cached(tmp_path):
+    pytest.importorskip("lightgbm")
+    from wattcast.forecasters.gbm import GbmModel
+    from wattcast.gbm_training import fit
+
+    sample = str(sample_path())
+    args = ("--data", sample, "--fraction", "0.3", "--seeds", "1", "2", "--models", "gbm", "--out", str(tmp_path / "bt"))
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "bt" / "backtest.json").read_text())
+    cached = sorted((tmp_path / "bt" / "cache").glob("gbm-seed*.txt"))
+    assert [p.name.split("-")[1] for p in cached] == ["seed1", "seed2"]
+    for w in result["windows"]:
+        split = load_split(sample, 0.3, w["seed"])
+        booster, _ = fit(split.train)  # what the window's own training split gives
+        assert w["mse"]["gbm"] == pytest.approx(evaluate(GbmModel.of_booster(booster, "gbm", "x"), split.val).mse, rel=1e-12)
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    again = run(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # nothing trained again
+    assert json.loads((tmp_path / "bt" / "backtest.json").read_text())["windows"] == result["windows"]

@@ -59,6 +59,15 @@ def training_rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return x[has], gap[j[has]] - gap[has]
 
 
+def fit(frame: pd.DataFrame) -> tuple[Any, int]:
+    """A LightGBM booster trained on the readings of ``frame`` (:data:`PARAMS`, :data:`ROUNDS`), and its row count."""
+    from wattcast.forecasters.gbm import import_lightgbm
+
+    lightgbm = import_lightgbm()
+    x, y = training_rows(frame)
+    return lightgbm.train(PARAMS, lightgbm.Dataset(x, y, feature_name=FEATURES), num_boost_round=ROUNDS), len(x)
+
+
 def history_frame(full: pd.DataFrame, split: Split, rows: int = HISTORY_ROWS) -> pd.DataFrame:
     """The ``rows`` readings of ``full`` before the split's validation start (ValueError if there are too few)."""
     val_start = int(split.val["ts"].iloc[0])
@@ -79,14 +88,13 @@ def train_gbm(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fit ``name`` on ``train_frame`` (default: the split's training rows), write its artifact, return the metadata."""
-    import lightgbm
+    from wattcast.forecasters.gbm import GbmModel, import_lightgbm
 
-    from wattcast.forecasters.gbm import GbmModel
+    lightgbm = import_lightgbm()
 
     frame = split.train if train_frame is None else train_frame
     started = time.process_time()
-    x, y = training_rows(frame)
-    booster = lightgbm.train(PARAMS, lightgbm.Dataset(x, y, feature_name=FEATURES), num_boost_round=ROUNDS)
+    booster, rows = fit(frame)
     cpu_s = time.process_time() - started
     target = out_dir / name
     target.mkdir(parents=True, exist_ok=True)
@@ -104,7 +112,7 @@ def train_gbm(
         "training": {
             "params": PARAMS,
             "rounds": ROUNDS,
-            "rows": len(x),
+            "rows": rows,
             "trained_on": "the split's training rows"
             if train_frame is None
             else f"{len(frame):,} readings before validation",
@@ -129,8 +137,5 @@ def train_gbm(
     scores = evaluate(GbmModel(target), split.val)
     meta["validation"] = {**scores.to_dict(), "split": "validation", "targets": "every window whose target is in the split"}
     (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log(
-        f"{name}: {len(x):,} training rows, {cpu_s:.1f} CPU s, "
-        f"validation MSE {scores.mse:.4f} (n={scores.n}); wrote {target}"
-    )
+    log(f"{name}: {rows:,} training rows, {cpu_s:.1f} CPU s, validation MSE {scores.mse:.4f} (n={scores.n}); wrote {target}")
     return meta

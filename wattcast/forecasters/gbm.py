@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from wattcast.contract import READING_FIELDS, Reading
+from wattcast.contract import HORIZON_S, READING_FIELDS, Reading
 from wattcast.forecasters.base import Forecaster, Model
 from wattcast.forecasters.features import FEATURES, Featurizer
 
@@ -83,10 +83,18 @@ class GbmModel(Model):
             raise ArtifactError(f"model artifact {directory} is unreadable: {str(exc).splitlines()[0]}") from None
         if self.metadata.get("features") != FEATURES or self.booster.num_feature() != len(FEATURES):
             raise ArtifactError(f"{directory}: trained on other features than this wattcast computes (retrain it)")
-        self.directory = directory
+        self.directory: Path | None = directory
         self.name = self.metadata["name"]
         self.version = self.metadata["version"]
         self.horizon_s = int(self.metadata["horizon_s"])
+
+    @classmethod
+    def of_booster(cls, booster: Any, name: str, version: str) -> GbmModel:
+        """A model of a booster just trained (the backtest's per-window models): no artifact on disk."""
+        model = cls.__new__(cls)
+        model.booster, model.name, model.version, model.directory = booster, name, version, None
+        model.metadata = {"name": name, "version": version, "features": FEATURES, "horizon_s": HORIZON_S}
+        return model
 
     def new_forecaster(self) -> GbmForecaster:
         return GbmForecaster(self)
@@ -99,7 +107,8 @@ class GbmModel(Model):
         return x[:, 0] + np.asarray(change, np.float64)  # feature 0: the newest GAP
 
     def describe(self) -> dict[str, Any]:
-        size = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        files = self.directory.iterdir() if self.directory is not None else ()
+        size = sum(p.stat().st_size for p in files if p.is_file())
         return {
             "name": self.name,
             "version": self.version,
