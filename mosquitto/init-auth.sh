@@ -17,7 +17,7 @@
 # of this script.  Needs mosquitto_passwd (part of the mosquitto image).
 set -eu
 
-users="simulator predictor-lstm predictor-lstm-augmented predictor-gbm predictor-gbm-history predictor-linear predictor-persistence collector viewer homeassistant"
+users="simulator predictor-lstm predictor-lstm-augmented predictor-gbm predictor-gbm-history predictor-rls predictor-linear predictor-persistence collector viewer homeassistant"
 auth_dir="${WATTCAST_AUTH_DIR:-/mosquitto/auth}"
 src_dir="$(cd "$(dirname "$0")" && pwd)"
 

@@ -201,7 +201,7 @@ def test_a_state_that_does_not_fit_is_refused(model, readings):
             broken[1][0] = float("nan")
         else:
             broken[1] = float("nan")
-        with pytest.raises(ValueError, match="finite"):
+        with pytest.raises(ValueError, match="finite|not an array of numbers"):  # NaN in an int array: the latter
             f.restore({**state, name: broken})
     numbers = [k for k, v in state.items() if isinstance(v, float)]
     for number in numbers[:1]:

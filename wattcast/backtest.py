@@ -8,7 +8,7 @@ window.  Printed as a table (per window, then mean and minimum skill and windows
 model) and written as JSON and a plot.
 
 Models that learn only from the stream (``persistence``, ``linear``) need nothing per
-window.  ``gbm`` is trained on each window's training split and ``gbm-history`` on the
+window.  ``rls`` starts from streaming each window's training split, ``gbm`` is trained on it and ``gbm-history`` on the
 200,000 readings before each window's validation start, as ``wattcast train`` does for
 the shipped ones; the boosters are cached in ``<out>/cache`` (keyed by data file, window,
 parameters and features), so a second backtest of the same windows trains nothing.
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 #: models that learn only from the stream they forecast: nothing to train per window
 STREAM_MODELS = ("persistence", "linear")
 #: models trained per window (cached)
-WINDOW_MODELS = ("gbm", "gbm-history")
+WINDOW_MODELS = ("gbm", "gbm-history", "rls")
 BACKTEST_MODELS = STREAM_MODELS + WINDOW_MODELS
 #: the seeds the project tunes on (issue 12); judge a model on others
 TUNING_SEEDS = (1234, 2, 3, 6)
@@ -87,6 +87,10 @@ def backtest(
 
 def window_model(name: str, df: pd.DataFrame, split: Split, path: Path, cache: Path) -> Model:
     """``name`` trained for this window (its training split, or the history before its validation start), cached."""
+    if name == "rls":  # streaming the training split: a few seconds, nothing to cache
+        from wattcast.rls_training import trained_rls
+
+        return trained_rls(split)
     from wattcast.forecasters.features import FEATURES
     from wattcast.forecasters.gbm import GbmModel, import_lightgbm
     from wattcast.gbm_training import PARAMS, ROUNDS, fit, history_frame
@@ -166,9 +170,9 @@ def add_backtest_args(p: argparse.ArgumentParser, data_env: str | None) -> None:
         "--models",
         nargs="+",
         choices=BACKTEST_MODELS,
-        default=["persistence", "linear", "gbm"],
+        default=["persistence", "linear", "gbm", "rls"],
         metavar="MODEL",
-        help=f"models ({', '.join(BACKTEST_MODELS)}; default: persistence linear gbm; gbm-history trains "
+        help=f"models ({', '.join(BACKTEST_MODELS)}; default: persistence linear gbm rls; gbm-history trains "
         "on 200,000 readings per window: about 30 CPU s each)",
     )
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")

@@ -40,7 +40,7 @@ def _models_dir(value: str | None) -> Path | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from wattcast.data import absent_fields, load_split
 
-    names = ["lstm", "lstm-augmented", "gbm"] if args.model == "all" else [args.model]
+    names = ["lstm", "lstm-augmented", "gbm", "rls"] if args.model == "all" else [args.model]
     columns = columns_from_args(args)
     split = load_split(args.data, args.fraction, args.seed, columns)
     out = Path(args.out) if args.out else _default_models_dir()
@@ -48,6 +48,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in names:
         if name.startswith("gbm"):
             meta = _train_gbm(name, args, split, columns, out)
+        elif name == "rls":
+            if absent:
+                raise UsageError(f"rls learns from all seven measurements; the data lacks {', '.join(absent)}")
+            from wattcast.rls_training import train_rls
+
+            meta = train_rls(split, out, log=lambda line: print(line, file=sys.stderr))
         else:
             try:
                 from wattcast.training import SPECS, TrainOptions, train
@@ -244,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--model",
         required=True,
-        choices=["lstm", "lstm-augmented", "gbm", "gbm-history", "all"],
-        help="the model to train; all: lstm, lstm-augmented and gbm (gbm-history needs the full data set)",
+        choices=["lstm", "lstm-augmented", "gbm", "gbm-history", "rls", "all"],
+        help="the model to train; all: lstm, lstm-augmented, gbm and rls (gbm-history needs the full data set)",
     )
     add_data_args(t)
     t.add_argument("--out", default=None, help="artifact folder (default: the repository's models/)")

@@ -34,7 +34,7 @@ from wattcast.contract.topics import (
 
 MAX_PAYLOAD_BYTES = 4096
 HORIZON_S = 300
-MODELS = ("lstm", "lstm-augmented", "gbm", "gbm-history", "linear", "persistence")
+MODELS = ("lstm", "lstm-augmented", "gbm", "gbm-history", "rls", "linear", "persistence")
 #: The run of a message that names none (a producer older than run ids, or one without replays).
 DEFAULT_RUN = "default"
 #: A running node publishes its status every few seconds (2 s); a retained ``online`` older
@@ -80,7 +80,7 @@ NODE_DOC = Meta(description=f"node id, {ID_RULE}; equals the <node> level of the
 Run = Annotated[str, ID, RUN_DOC]
 House = Annotated[str, ID, HOUSE_DOC]
 Node = Annotated[str, ID, NODE_DOC]
-ModelName = Literal["lstm", "lstm-augmented", "gbm", "gbm-history", "linear", "persistence"]
+ModelName = Literal["lstm", "lstm-augmented", "gbm", "gbm-history", "rls", "linear", "persistence"]
 State = Literal["online", "offline"]
 Model = Annotated[ModelName, Meta(description="the model; equals the <model> level of the topic")]
 

@@ -26,10 +26,14 @@ def load_model(name: str, models_dir: Path | None = None, mu: float = 0.9) -> Mo
         return PersistenceModel()
     if name == "linear":
         return LinearModel(mu)
-    if name in ("lstm", "lstm-augmented", "gbm", "gbm-history"):
+    if name in ("lstm", "lstm-augmented", "gbm", "gbm-history", "rls"):
         directory = Path(models_dir or default_models_dir()) / name
         if not directory.is_dir():
             raise ArtifactError(f"no trained artifact for {name!r} in {directory} (run: wattcast train --model {name})")
+        if name == "rls":
+            from wattcast.forecasters.rls import RlsModel
+
+            return RlsModel.load(directory)
         if name.startswith("gbm"):
             from wattcast.forecasters.gbm import GbmModel
 

@@ -27,6 +27,7 @@ COLORS = {
     "lstm-augmented": "tab:purple",
     "gbm": "tab:red",
     "gbm-history": "tab:brown",
+    "rls": "tab:olive",
     "linear": "tab:orange",
     "persistence": "tab:green",
 }
