@@ -409,3 +409,16 @@ def test_rolling_mse_is_the_mean_over_the_event_time_window():
     # by brute force: every match whose target lies in (t - 3600, t]
     expected = [float(np.mean(err[(ts > t - 3600) & (ts <= t)] ** 2)) for t in ts]
     assert rolling_mse(ts, err, 3600) == pytest.approx(expected, rel=1e-9)
+
+
+def test_skill_and_error_by_hour_of_the_day_are_computed_from_the_matches():
+    from wattcast.report.plots import skill_and_hours
+
+    day = 1_200_009_600  # a midnight (unix seconds)
+    persistence = np.array([[day + 3600 * 1, 1.0], [day + 3600 * 1 + 60, 3.0], [day + 3600 * 5, 2.0]])
+    model = np.array([[day + 3600 * 1, 0.5], [day + 3600 * 1 + 60, 0.5], [day + 3600 * 5, 1.0]])
+    skill, hours = skill_and_hours({"persistence": persistence, "gbm": model})
+    assert skill["gbm"] == pytest.approx(1 - (0.25 + 0.25 + 1.0) / 3 / ((1 + 9 + 4) / 3))
+    assert hours["persistence"][1] == pytest.approx(5.0) and hours["persistence"][5] == pytest.approx(4.0)
+    assert np.isnan(hours["gbm"][0]) and hours["gbm"][1] == pytest.approx(0.25)
+    assert skill_and_hours({"gbm": model})[0] == {}  # no persistence: no skill

@@ -8,8 +8,9 @@ writing to it; the newest run unless ``run`` names one) and writes into ``out``:
 * ``report.md``: the same tables, the plots referenced as the PNG files beside it;
 * the plots (``FIGURES`` gives each one's size in inches, at ``DPI``):
   predicted vs actual over the whole replay and over its last 500 minutes, the
-  rolling MSE of every model on one chart, the error distribution per model, the
-  training loss curves of the LSTM models and accuracy against cost.
+  rolling MSE of every model on one chart, the error distribution per model, skill
+  against persistence with the MSE by hour of the day, the training loss curves of the
+  LSTM models and accuracy against cost.
 
 Where the numbers come from:
 
@@ -70,6 +71,7 @@ def build_report(db: Path, out: Path, models_dir: Path | None = None, run: str |
             plots.plot_predicted(reader, data, out, "predicted_vs_actual_last500.png", plots.CLOSE_UP_MINUTES),
             plots.plot_rolling(reader, data, out),
             plots.plot_errors(reader, data, out),
+            plots.plot_skill_by_hour(reader, data, out),
         ]
     loss = plots.plot_loss(data, out)
     if loss is not None:

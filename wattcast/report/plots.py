@@ -18,6 +18,7 @@ FIGURES: dict[str, tuple[float, float]] = {
     "predicted_vs_actual_last500.png": (12.0, 9.0),
     "rolling_mse.png": (12.0, 4.5),
     "error_distribution.png": (12.0, 6.0),
+    "skill_by_hour.png": (12.0, 4.5),
     "loss_curves.png": (12.0, 4.0),
     "accuracy_vs_cost.png": (12.0, 4.5),
 }
@@ -149,6 +150,57 @@ def plot_errors(reader: RunReader, data: ReportData, out: Path) -> Path:
         ax.set_xlabel("forecast − actual (kW)")
     houses = f"all {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}"
     fig.suptitle(f"Error distribution per model ({houses}; edges hold the 1% beyond the 0.5-99.5 percentiles)")
+    return save(fig, out, name)
+
+
+def skill_and_hours(by_model: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per model: skill against persistence (1 - MSE / MSE of persistence over the same run; absent without
+    persistence) and the MSE of the forecasts whose target falls in each hour of the day (NaN: none)."""
+    mse = {m: float(np.mean(e[:, 1] ** 2)) for m, e in by_model.items() if len(e)}
+    base = mse.get("persistence")
+    skill = {m: 1.0 - v / base for m, v in mse.items()} if base else {}
+    hours: dict[str, np.ndarray] = {}
+    for m, e in by_model.items():
+        hour = (e[:, 0].astype(np.int64) // 3600) % 24
+        sums = np.bincount(hour, weights=e[:, 1] ** 2, minlength=24)
+        counts = np.bincount(hour, minlength=24)
+        hours[m] = np.divide(sums, counts, out=np.full(24, np.nan), where=counts > 0)
+    return skill, hours
+
+
+def plot_skill_by_hour(reader: RunReader, data: ReportData, out: Path) -> Path:
+    name = "skill_by_hour.png"
+    fig = figure(name)
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 2])
+    skill, hours = skill_and_hours(reader.errors())
+    models = [m for m in data.models if m in hours]
+    shown = [m for m in models if m in skill and m != "persistence"]
+    if shown:
+        bars = ax1.barh(shown, [100 * skill[m] for m in shown], color=[COLORS.get(m, "0.5") for m in shown])
+        ax1.bar_label(bars, labels=[f"{100 * skill[m]:+.1f} %" for m in shown], fontsize=8, padding=3)
+        ax1.axvline(0.0, color="0.2", lw=0.8)
+        ax1.invert_yaxis()
+        values = [100 * skill[m] for m in shown]
+        lo, hi = min(0.0, *values), max(0.0, *values)
+        pad = 0.35 * (hi - lo or 1.0)  # room for the labels on either side
+        ax1.set_xlim(lo - (pad if lo < 0 else 0.1 * pad), hi + (pad if hi > 0 else 0.1 * pad))
+    else:
+        ax1.text(
+            0.5, 0.5, "no persistence in this run:\nno skill to show", ha="center", va="center", transform=ax1.transAxes
+        )
+    ax1.set_xlabel("skill against persistence (%), 1 - MSE / MSE of persistence")
+    ax1.set_title("Skill (right of 0 beats persistence)", loc="left", fontsize=10)
+    for m in models:
+        ax2.plot(np.arange(24), hours[m], marker="o", ms=3, color=COLORS.get(m), label=m)
+    ax2.set_xticks(range(0, 24, 2))
+    ax2.set_xlabel("hour of the day of the target (meter clock)")
+    ax2.set_ylabel("MSE (kW²)")
+    ax2.set_title("Error by hour of the day", loc="left", fontsize=10)
+    ax2.legend(fontsize=8, ncols=2)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    houses = f"all {len(data.houses)} houses" if len(data.houses) > 1 else f"house {data.plot_house}"
+    fig.suptitle(f"Which model, and when it errs ({houses})")
     return save(fig, out, name)
 
 

@@ -262,6 +262,8 @@ def _captions(data: ReportData) -> dict[str, str]:
         "rolling_mse.png": f"Rolling MSE over {data.window_s // 60} minutes of event time, every model, {house}.",
         "error_distribution.png": "Distribution of forecast − actual per model"
         + (f", all {len(data.houses)} houses." if many else "."),
+        "skill_by_hour.png": "Skill of each model against persistence over the run, and the MSE of the forecasts "
+        "whose target falls in each hour of the day.",
         "loss_curves.png": "Training and validation loss per epoch of the LSTM models (artifact metadata).",
         "accuracy_vs_cost.png": "MSE against parameters and against measured latency: the cheap, accurate corner "
         "is lower left.",
