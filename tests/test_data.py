@@ -301,8 +301,8 @@ def full() -> SimpleNamespace:
     captured = {}
     real = data.read_meter_file
 
-    def spy(path):
-        captured["df"] = real(path)
+    def spy(path, own=None):
+        captured["df"] = real(path, own)
         return captured["df"]
 
     with pytest.MonkeyPatch.context() as mp:
@@ -337,7 +337,7 @@ def test_sample_is_the_full_data_sets_block(full, sample_split):
 
 @pytest.mark.slow
 def test_full_data_set_other_seed(full, monkeypatch):
-    monkeypatch.setattr(data, "read_meter_file", lambda path: full.df)
+    monkeypatch.setattr(data, "read_meter_file", lambda path, own=None: full.df)
     other = load_split(FULL, 0.01, seed=1)
     assert len(other.train) == 16_393 and len(other.val) == 4_099
     assert other.info["start_index"] != full.split.info["start_index"]
