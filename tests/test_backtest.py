@@ -74,3 +74,23 @@ def test_gbm_is_trained_on_each_windows_training_split_and_cached(tmp_path):
     assert again.returncode == 0, again.stderr
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # nothing trained again
     assert json.loads((tmp_path / "bt" / "backtest.json").read_text())["windows"] == result["windows"]
+
+
+@pytest.mark.slow
+def test_the_lstms_are_trained_per_window_when_asked(tmp_path):
+    pytest.importorskip("tensorflow")
+    sample = str(sample_path())
+    out = run(
+        "--data", sample, "--fraction", "0.2", "--seeds", "1", "--models", "lstm", "--lstm-epochs", "1",
+        "--out", str(tmp_path / "bt"), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "bt" / "backtest.json").read_text())
+    (artifact,) = (tmp_path / "bt" / "cache").glob("lstm-seed1-*/lstm")
+    meta = json.loads((artifact / "metadata.json").read_text())
+    assert meta["data_window"]["seed"] == 1 and meta["training"]["epochs_run"] == 1
+    # the window's score is the artifact trained on that window, scored like evaluate
+    val = load_split(sample, 0.2, 1).val
+    from wattcast.forecasters.lstm import LstmModel
+
+    assert result["windows"][0]["mse"]["lstm"] == pytest.approx(evaluate(LstmModel(artifact), val).mse, rel=1e-12)

@@ -12,7 +12,9 @@ window.  ``rls`` starts from streaming each window's training split, ``gbm`` is 
 200,000 readings before each window's validation start, as ``wattcast train`` does for
 the shipped ones; the boosters are cached in ``<out>/cache`` (keyed by data file, window,
 parameters and features), so a second backtest of the same windows trains nothing.
-The LSTMs (about a minute of training per window) are not in the backtest yet.
+The LSTMs (``--models lstm lstm-augmented``, TensorFlow) are trained per window with the
+course's recipe (``--lstm-epochs`` caps the epochs) and cached as artifacts in ``<out>/cache``:
+about a minute of CPU per window and model, so they are not in the default set.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 #: models that learn only from the stream they forecast: nothing to train per window
 STREAM_MODELS = ("persistence", "linear")
 #: models trained per window (cached)
-WINDOW_MODELS = ("gbm", "gbm-history", "rls")
+WINDOW_MODELS = ("gbm", "gbm-history", "rls", "lstm", "lstm-augmented")
 BACKTEST_MODELS = STREAM_MODELS + WINDOW_MODELS
 #: the seeds the project tunes on (issue 12); judge a model on others
 TUNING_SEEDS = (1234, 2, 3, 6)
@@ -50,6 +52,7 @@ def backtest(
     mu: float,
     progress: Callable[[str], None],
     cache: Path,
+    lstm_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Score ``models`` on the window of every seed; per window MSE and skill, and the summary."""
     df = read_meter_file(path)  # once: each window is a slice of it
@@ -60,7 +63,7 @@ def backtest(
         for name in models:
             if name in WINDOW_MODELS:
                 progress(f"backtest: window {k}/{len(seeds)} (seed {seed}): {name}")
-                loaded[name] = window_model(name, df, split, path, cache)
+                loaded[name] = window_model(name, df, split, path, cache, lstm_epochs)
         scores = {name: evaluate(loaded[name], split.val) for name in models}
         base = scores["persistence"].mse
         windows.append(
@@ -85,7 +88,7 @@ def backtest(
     return {"source": str(path), "fraction": fraction, "seeds": seeds, "windows": windows, "summary": summary}
 
 
-def window_model(name: str, df: pd.DataFrame, split: Split, path: Path, cache: Path) -> Model:
+def window_model(name: str, df: pd.DataFrame, split: Split, path: Path, cache: Path, lstm_epochs: int | None) -> Model:
     """``name`` trained for this window (its training split, or the history before its validation start), cached."""
     if name == "rls":  # streaming the training split: a few seconds, nothing to cache
         from wattcast.rls_training import trained_rls
@@ -97,6 +100,8 @@ def window_model(name: str, df: pd.DataFrame, split: Split, path: Path, cache: P
 
     stat = path.stat()
     recipe = [name, str(path.resolve()), stat.st_size, stat.st_mtime_ns, split.info["start_index"], split.info["val_rows"]]
+    if name.startswith("lstm"):
+        return _window_lstm(name, split, cache, recipe, lstm_epochs)
     key = hashlib.sha256(json.dumps([recipe, PARAMS, ROUNDS, FEATURES]).encode()).hexdigest()[:16]
     file = cache / f"{name}-seed{split.info['seed']}-{key}.txt"
     lightgbm = import_lightgbm()
@@ -109,6 +114,23 @@ def window_model(name: str, df: pd.DataFrame, split: Split, path: Path, cache: P
         booster.save_model(str(file.with_suffix(".tmp")))
         file.with_suffix(".tmp").replace(file)
     return GbmModel.of_booster(booster, name, f"{name}-backtest-{key}")
+
+
+def _window_lstm(name: str, split: Split, cache: Path, recipe: list, epochs: int | None) -> Model:
+    """The course's LSTM ``name`` trained on this window's training split (TensorFlow), cached as an artifact."""
+    from wattcast.forecasters.lstm import LstmModel
+
+    try:
+        from wattcast.training import SPECS, TrainOptions, train
+    except ImportError as exc:
+        raise DataError(
+            f"the LSTMs train per window with TensorFlow ({exc.name} is missing): pip install 'wattcast[train]'"
+        ) from None
+    key = hashlib.sha256(json.dumps([recipe, repr(SPECS[name]), epochs]).encode()).hexdigest()[:16]
+    folder = cache / f"{name}-seed{split.info['seed']}-{key}"
+    if not (folder / name / "metadata.json").is_file():
+        train(name, split, folder, TrainOptions(seed=1234, epochs=epochs, log=lambda line: None))
+    return LstmModel(folder / name)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -173,9 +195,15 @@ def add_backtest_args(p: argparse.ArgumentParser, data_env: str | None) -> None:
         default=["persistence", "linear", "gbm", "rls"],
         metavar="MODEL",
         help=f"models ({', '.join(BACKTEST_MODELS)}; default: persistence linear gbm rls; gbm-history trains "
-        "on 200,000 readings per window: about 30 CPU s each)",
+        "on 200,000 readings per window: about 30 CPU s each; the LSTMs need TensorFlow, ~1 min each)",
     )
     p.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
+    p.add_argument(
+        "--lstm-epochs",
+        type=int,
+        default=None,
+        help="the LSTMs: at most this many epochs per window (default: the course's 100)",
+    )
     p.add_argument("--out", default="backtest", help="folder for backtest.json and backtest.png (default %(default)s)")
 
 
@@ -193,7 +221,7 @@ def backtest_command(args: argparse.Namespace) -> int:
         print(("\r" + line + " " * 8) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     out = Path(args.out)
-    result = backtest(path, seeds, models, args.fraction, args.mu, progress, out / "cache")
+    result = backtest(path, seeds, models, args.fraction, args.mu, progress, out / "cache", args.lstm_epochs)
     if tty:
         print(file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
