@@ -16,6 +16,7 @@ from wattcast.config import (
     add_node_args,
     broker_from_args,
     env_default,
+    model_name_arg,
     non_negative_float,
     port_number,
     positive_float,
@@ -36,9 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--models",
         nargs="+",
-        choices=MODELS,
+        type=model_name_arg,
         default=models.split(",") if models else list(MODELS),
-        help=f"models to score (env {ENV_MODELS}, comma-separated; default all)",
+        help=f"names of the models to score: built-in, plugins or your own (env {ENV_MODELS}, comma-separated; "
+        "default: the built-in ones)",
     )
     p.add_argument(
         "--window", type=positive_int, default=60, help="rolling MSE window in minutes of event time (default 60)"

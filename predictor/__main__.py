@@ -25,10 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m predictor", description="Forecast GAP 5 minutes ahead after every reading.")
     p.add_argument(
         "--model",
-        choices=MODELS,
         default=env_default(ENV_MODEL),
         required=env_default(ENV_MODEL) is None,
-        help=f"the model to run (env {ENV_MODEL})",
+        help=f"the model to run: {', '.join(MODELS)}, a plugin's name, or your own file.py:factory or "
+        f"module:factory (env {ENV_MODEL})",
     )
     p.add_argument("--houses", nargs="*", default=None, help="houses to serve (default: all)")
     p.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help=f"artifact folder (env {ENV_MODELS_DIR})")

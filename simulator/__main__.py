@@ -20,13 +20,13 @@ from wattcast.config import (
     broker_from_args,
     columns_from_args,
     env_default,
+    model_name_arg,
     parse_speed,
     positive_float,
     positive_int,
     run_id,
     setup_logging,
 )
-from wattcast.contract import MODELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--await-models",
         nargs="*",
-        choices=MODELS,
+        type=model_name_arg,
         metavar="MODEL",
         default=awaited.split(",") if awaited else [],
         help="at max speed, keep at most --window readings ahead of these models' forecasts "

@@ -20,6 +20,7 @@ from wattcast.evaluation import evaluate, stream_forecasts
 from wattcast.forecasters import ArtifactError, LstmModel, default_models_dir, load_model
 from wattcast.forecasters.linear import LinearModel
 from wattcast.forecasters.lstm import LstmNet
+from wattcast.forecasters.registry import registered
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
 
@@ -42,7 +43,7 @@ def get_model(name: str):
     return _models[name]
 
 
-@pytest.fixture(params=MODELS)
+@pytest.fixture(params=registered())  # the built-in models and every installed plugin
 def model(request):
     return get_model(request.param)
 

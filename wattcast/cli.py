@@ -18,6 +18,7 @@ from wattcast.config import (
     add_data_args,
     columns_from_args,
     env_default,
+    model_name_arg,
     positive_float,
     positive_int,
     run_id,
@@ -107,9 +108,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = load_model(name, _models_dir(args.models_dir), mu=args.mu)
         lacking = [f for f in model.needs if f in absent]
         if lacking:
-            print(f"wattcast: {lacking_note(name, lacking)}", file=sys.stderr)
+            print(f"wattcast: {lacking_note(model.name, lacking)}", file=sys.stderr)
             continue
-        results[name] = evaluate(model, split.val).to_dict()
+        results[model.name] = evaluate(model, split.val).to_dict()
     if not results:
         raise UsageError("no model can run on this data (above: what each needs)")
     if args.json:
@@ -278,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         default=list(MODELS),
-        choices=MODELS,
         metavar="MODEL",
-        help=f"models to score ({', '.join(MODELS)}; default: all)",
+        help=f"models to score: {', '.join(MODELS)} (default: all), a plugin's name, or your own "
+        "file.py:factory or module:factory",
     )
     e.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder")
     e.add_argument("--mu", type=float, default=0.9, help="forgetting factor of the linear model")
@@ -338,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     ha.add_argument("--prefix", default="homeassistant", help="Home Assistant's discovery prefix (default %(default)s)")
     ha.add_argument("--houses", type=positive_int, default=None, help="houses h000 .. of a replay of N houses")
     ha.add_argument("--house", action="append", default=None, metavar="ID", help="a house by id (repeat)")
-    ha.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL", help="default: all")
+    ha.add_argument(
+        "--models", nargs="+", type=model_name_arg, default=list(MODELS), metavar="MODEL", help="default: the built-in ones"
+    )
     ha.add_argument("--remove", action="store_true", help="remove the sensors (empty retained configs)")
     ha.set_defaults(func=cmd_ha_discovery)
 

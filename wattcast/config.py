@@ -79,6 +79,16 @@ def non_negative_int(value: str) -> int:
     return n
 
 
+def model_name_arg(value: str) -> str:
+    """A model's name (an id): built-in, a plugin's or a user's own."""
+    from wattcast.contract import model_name
+
+    try:
+        return model_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def port_number(value: str) -> int:
     """A TCP port, 0 for a free one."""
     try:

@@ -216,11 +216,25 @@ def deployment_conf(
     return "\n".join(lines) + "\n"
 
 
-def prepare_auth_dir(auth_dir: str | Path, passwords: Mapping[str, str], acl: str | Path = ACL_FILE) -> Path:
-    """What the compose init step makes, in Python: ``auth_dir/passwd`` and ``auth_dir/acl`` (mode 600)."""
+def predictor_acl(model: str) -> str:
+    """The ACL lines of the predictor of a model that is not built in (as mosquitto/acl has for the built-in ones)."""
+    user = f"predictor-{model}"
+    return (
+        f"\n# --- {model}: a model of this deployment's own (declared, not built in)\n"
+        f"user {user}\ntopic read wattcast/v1/+/reading\ntopic read wattcast/v1/+/end\n"
+        f"topic write wattcast/v1/+/forecast/{model}\ntopic readwrite wattcast/v1/status/{user}\n"
+    )
+
+
+def prepare_auth_dir(
+    auth_dir: str | Path, passwords: Mapping[str, str], acl: str | Path = ACL_FILE, models: Iterable[str] = ()
+) -> Path:
+    """What the compose init step makes, in Python: ``auth_dir/passwd`` and ``auth_dir/acl`` (mode 600),
+    the ACL with the predictors of ``models`` that are not built in."""
     auth_dir = Path(auth_dir)
     write_password_file(auth_dir / "passwd", passwords)
-    write_private(auth_dir / "acl", Path(acl).read_text())
+    extra = "".join(predictor_acl(m) for m in models if m not in MODELS)
+    write_private(auth_dir / "acl", Path(acl).read_text() + extra)
     (auth_dir / "listeners").mkdir(exist_ok=True)  # mosquitto.conf includes it (init-auth.sh: a TLS listener)
     return auth_dir
 
@@ -228,14 +242,16 @@ def prepare_auth_dir(auth_dir: str | Path, passwords: Mapping[str, str], acl: st
 def secured_private_broker(auth_dir: str | Path, passwords: Mapping[str, str] | None = None, **kwargs):
     """A :class:`PrivateBroker` (not started) running the deployment's config on a free loopback port.
 
-    With ``passwords`` the password file and ACL are written to ``auth_dir`` first;
+    With ``passwords`` the password file and ACL are written to ``auth_dir`` first (``models=``: the
+    ACL also lets the predictors of these models that are not built in in);
     without, ``auth_dir`` must already hold them (e.g. made by mosquitto/init-auth.sh).
     ``kwargs`` go to PrivateBroker (``workdir`` is also where the database goes).
     """
     from wattcast.broker import PrivateBroker
 
+    models = kwargs.pop("models", ())
     if passwords is not None:
-        prepare_auth_dir(auth_dir, passwords)
+        prepare_auth_dir(auth_dir, passwords, models=models)
     return PrivateBroker(common=False, anonymous=False, extra_conf=deployment_conf(auth_dir), **kwargs)
 
 

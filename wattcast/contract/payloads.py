@@ -17,6 +17,7 @@ arrives is (:func:`wattcast.contract.codec.decode`).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated, Any, Literal, Self
 
@@ -80,16 +81,23 @@ NODE_DOC = Meta(description=f"node id, {ID_RULE}; equals the <node> level of the
 Run = Annotated[str, ID, RUN_DOC]
 House = Annotated[str, ID, HOUSE_DOC]
 Node = Annotated[str, ID, NODE_DOC]
-ModelName = Literal["lstm", "lstm-augmented", "gbm", "gbm-history", "rls", "linear", "persistence"]
+#: A model's name is data: the built-in ones (MODELS) and any a user registers (wattcast.forecasters.registry);
+#: a collector scores the models its run or deployment declares.
+ModelName = str
 State = Literal["online", "offline"]
-Model = Annotated[ModelName, Meta(description="the model; equals the <model> level of the topic")]
+Model = Annotated[
+    str,
+    ID,
+    Meta(description=f"the model ({ID_RULE}; built in: {', '.join(MODELS)}); equals the <model> level of the topic"),
+]
+_ID = re.compile(ID_PATTERN)
 
 
 def model_name(name: str) -> ModelName:
-    """``name`` as a model of the contract (ValueError if it is none)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    return name  # type: ignore[return-value]  # checked just above
+    """``name`` as a model name of the contract (ValueError if it is not an id)."""
+    if not isinstance(name, str) or not _ID.match(name):
+        raise ValueError(f"not a model name ({ID_RULE}): {name!r}")
+    return name
 
 
 def D(text: str) -> Meta:  # noqa: N802 - reads like the annotation it is part of

@@ -21,7 +21,8 @@ def default_models_dir() -> Path:
 
 
 def load_model(name: str, models_dir: Path | None = None, mu: float = 0.9) -> Model:
-    """The model called ``name``; LSTM models load their artifact from ``models_dir/<name>``."""
+    """The model called ``name`` (or a spec of :mod:`wattcast.forecasters.registry`); the built-ins
+    with an artifact load it from ``models_dir/<name>``."""
     if name == "persistence":
         return PersistenceModel()
     if name == "linear":
@@ -39,4 +40,6 @@ def load_model(name: str, models_dir: Path | None = None, mu: float = 0.9) -> Mo
 
             return GbmModel(directory)
         return LstmModel(directory)
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    from wattcast.forecasters.registry import load_spec
+
+    return load_spec(name)  # a plugin, or a user's own file.py:factory / module:factory

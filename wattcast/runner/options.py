@@ -11,6 +11,7 @@ from wattcast.config import (
     add_data_args,
     columns_from_args,
     env_default,
+    model_name_arg,
     parse_speed,
     port_number,
     positive_float,
@@ -44,6 +45,9 @@ class RunOptions:
     cert_file: str | None = None
     key_file: str | None = None
     models: list[str] = field(default_factory=lambda: list(MODELS))
+    external_model: list[str] = field(default_factory=list)
+    #: name -> spec of the models that are not built in (filled by the run: your own file.py:factory...)
+    specs: dict[str, str] = field(default_factory=dict)
     models_dir: str | None = None
     speed: float | None = None  # None: as fast as flow control allows
     houses: int = 1
@@ -58,7 +62,7 @@ class RunOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
-        given = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "columns"}
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("columns", "specs")}
         return cls(**given, columns=columns_from_args(args))
 
 
@@ -87,10 +91,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         nargs="+",
-        choices=MODELS,
         default=list(MODELS),
         metavar="MODEL",
-        help="models to run (default: all four)",
+        help="models to run: the built-in ones (default: all), a plugin's name, or your own file.py:factory "
+        "or module:factory (importable by the nodes)",
+    )
+    p.add_argument(
+        "--external-model",
+        action="append",
+        default=[],
+        type=model_name_arg,
+        metavar="NAME",
+        help="a model whose predictor runs outside wattcast (any language, speaking the MQTT contract): "
+        "the run scores it and waits for it; its login is written to <run>/broker/predictor-NAME.env",
     )
     p.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder")
     p.add_argument("--speed", type=parse_speed, default=None, help="1 = real time, N = N x faster, max (default)")

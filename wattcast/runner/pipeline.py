@@ -34,6 +34,7 @@ from wattcast.runner.processes import (
     StartError,
     Watcher,
     clear_statuses,
+    predictor_env,
     private_broker,
     reset_sessions,
     spawn,
@@ -55,6 +56,7 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     from wattcast.capacity import Plan, check
     from wattcast.data import data_notes, load_split
 
+    args = _resolve_models(args)
     split = load_split(args.data, args.fraction, args.seed, args.columns)
     for note in data_notes(split.info):
         say(f"data: {note}")
@@ -83,6 +85,33 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
         raise RunError(str(exc)) from None
 
 
+def _resolve_models(args: RunOptions) -> RunOptions:
+    """``args`` with every model named: a spec of your own (file.py:factory...) is loaded once here for its
+    name, and kept (with an absolute path) for its predictor; RunError for two models of one name."""
+    from wattcast.contract import MODELS
+    from wattcast.forecasters import ArtifactError, load_model
+    from wattcast.forecasters.registry import absolute_spec
+
+    names, specs = [], {}
+    for spec in args.models:
+        if spec in MODELS:
+            names.append(spec)
+            continue
+        try:
+            name = load_model(spec, Path(args.models_dir) if args.models_dir else None).name
+        except ArtifactError:
+            raise
+        except ValueError as exc:  # a name or spec that is no model: a usage error of --models
+            raise ValueError(f"argument --models: {exc}") from None
+        names.append(name)
+        specs[name] = absolute_spec(spec)
+    every = names + list(args.external_model)
+    twice = sorted({n for n in every if every.count(n) > 1})
+    if twice:
+        raise RunError(f"two models are called {', '.join(twice)}: each model of a run needs its own name")
+    return replace(args, models=names, specs=specs)
+
+
 def _models_for_the_data(args: RunOptions, val, say) -> RunOptions:
     """``args`` without the models that need a measurement the data lacks (each said why); RunError if none is left."""
     from wattcast.data import absent_fields, lacking_note
@@ -93,7 +122,8 @@ def _models_for_the_data(args: RunOptions, val, say) -> RunOptions:
         return args
     models, refused = [], []
     for name in args.models:
-        lacking = [f for f in load_model(name, Path(args.models_dir) if args.models_dir else None).needs if f in absent]
+        model = load_model(args.specs.get(name, name), Path(args.models_dir) if args.models_dir else None)
+        lacking = [f for f in model.needs if f in absent]
         if lacking:
             refused.append(lacking_note(name, lacking))
             say(refused[-1])
@@ -119,7 +149,8 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
     else:
         try:
             # its config, log and database stay with the run's store and node logs
-            broker, passwords = private_broker(args.broker_kind, store_path.parent / "broker")
+            declared = [*args.models, *args.external_model]
+            broker, passwords = private_broker(args.broker_kind, store_path.parent / "broker", declared)
         except RuntimeError as exc:  # no broker installed, or it would not start: its log says why
             raise StartError(" | ".join(str(exc).strip().splitlines()[-3:])) from None
         config = BrokerConfig(broker.host, broker.port, *(("runner", passwords["runner"]) if passwords else ()))
@@ -132,6 +163,12 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         )
     elif broker is not None:
         say(f"broker: a login per node and role; viewer login for watch and subscribers in {viewer_env(broker, passwords)}")
+    for model in args.external_model:
+        where = f"its login is in {predictor_env(broker, passwords, model)}" if broker is not None else "on your broker"
+        say(
+            f"external model {model}: the replay waits for predictor-{model} to be online (a retained status on "
+            f"wattcast/v1/status/predictor-{model}); {where}"
+        )
 
     env = dict(os.environ)
     for var in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD):
@@ -175,6 +212,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
 
         if args.broker:
             reset_sessions(config, [collector_node, *(f"predictor-{m}{suffix}" for m in args.models)])
+        scored = [*args.models, *args.external_model]  # the collector scores the outside ones too
         children.append(
             spawn(
                 "collector",
@@ -184,7 +222,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                     "--store",
                     str(store_path),
                     "--models",
-                    *args.models,
+                    *scored,
                     "--exit-on-end",
                     "--node",
                     collector_node,
@@ -203,7 +241,13 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             extra = ["--models-dir", args.models_dir] if args.models_dir else []
             extra += ["--state-dir", str(state_dir)]
             children.append(
-                spawn(node, "predictor", [*common, "--model", model, "--node", node, *extra], log_dir, login(node))
+                spawn(
+                    node,
+                    "predictor",
+                    [*common, "--model", args.specs.get(model, model), "--node", node, *extra],
+                    log_dir,
+                    login(node),
+                )
             )
         # The simulator starts with the others (its data loading is start-up, not replay) and
         # waits by itself until every node it feeds is online.
@@ -220,6 +264,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             "--wait-for",
             collector_node,
             *predictor_nodes.values(),
+            *(f"predictor-{m}{suffix}" for m in args.external_model),  # the replay waits for them too
             "--recover-from",
             collector_node,
             "--run",
@@ -228,7 +273,7 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if args.limit:
             sim_args += ["--limit", str(args.limit)]
         if args.speed is None:
-            sim_args += ["--await-models", *args.models, "--await-nodes", collector_node]
+            sim_args += ["--await-models", *scored, "--await-nodes", collector_node]
             if args.window:
                 sim_args += ["--window", str(args.window)]
         simulator = spawn("simulator", "simulator", sim_args, log_dir, login(simulator_node))
@@ -276,12 +321,12 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
             ) from None
         stop_all(children)
         watcher.wait_offline([*predictor_nodes.values(), simulator_node], timeout=3.0)
-        result = scores_from_store(store_path, args.models, args.houses, run_id)
+        result = scores_from_store(store_path, scored, args.houses, run_id)
         malformed = int(result["collector"].get("malformed", 0))
         malformed += sum(watcher.counter(n, "malformed") for n in predictor_nodes.values())
         published = watcher.counter(f"simulator{suffix}", "published") or result["ends"]
         out = {
-            "models": {m: result["models"].get(m, {"n": 0}) for m in args.models},
+            "models": {m: result["models"].get(m, {"n": 0}) for m in scored},
             "published": published,
             "received": int(result["collector"].get("received", 0)),
             "malformed": malformed,

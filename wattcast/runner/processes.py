@@ -136,7 +136,7 @@ def stop_all(children: list[Child], timeout: float = 10.0) -> None:
             c.proc.wait()
 
 
-def private_broker(kind: str | None, workdir: Path):
+def private_broker(kind: str | None, workdir: Path, models: list[str] | tuple[str, ...] = ()):
     """A started private broker and its per-run passwords (user -> password; empty for amqtt).
 
     mosquitto runs the deployment's own config (mosquitto/mosquitto.conf: no anonymous
@@ -147,10 +147,26 @@ def private_broker(kind: str | None, workdir: Path):
     from wattcast.credentials import RUN_USERS, generate_password, secured_private_broker
 
     if available_kind(kind) == "mosquitto":
-        passwords = {user: generate_password() for user in RUN_USERS}
-        broker = secured_private_broker(workdir / "auth", passwords, prefer="mosquitto", workdir=workdir)
+        users = [*RUN_USERS, *(f"predictor-{m}" for m in models if f"predictor-{m}" not in RUN_USERS)]
+        passwords = {user: generate_password() for user in users}
+        broker = secured_private_broker(workdir / "auth", passwords, prefer="mosquitto", workdir=workdir, models=models)
         return broker.start(), passwords
     return PrivateBroker(prefer=kind, workdir=workdir).start(), {}
+
+
+def predictor_env(broker, passwords: dict[str, str], model: str) -> Path:
+    """``<broker dir>/predictor-<model>.env`` (mode 600): how an outside predictor of ``model`` logs in to this run."""
+    from wattcast.config import ENV_BROKER, ENV_PASSWORD, ENV_USERNAME
+    from wattcast.credentials import write_private
+
+    user = f"predictor-{model}"
+    path = broker.workdir / f"{user}.env"
+    write_private(
+        path,
+        f"MQTT_HOST={broker.host}\nMQTT_PORT={broker.port}\n{ENV_BROKER}=mqtt://{broker.host}:{broker.port}\n"
+        f"{ENV_USERNAME}={user}\n{ENV_PASSWORD}={passwords.get(user, '')}\n",
+    )
+    return path
 
 
 def viewer_env(broker, passwords: dict[str, str]) -> Path:
