@@ -15,9 +15,22 @@
 #     $WATTCAST_AUTH_DIR/passwd   $WATTCAST_AUTH_DIR/acl   $WATTCAST_AUTH_DIR/healthcheck.password
 # WATTCAST_AUTH_DIR defaults to /mosquitto/auth; the ACL is copied from the folder
 # of this script.  Needs mosquitto_passwd (part of the mosquitto image).
+#
+# Models of your own (docs/your-own-model.md): WATTCAST_EXTRA_MODELS="mine other" adds, per
+# model, the user predictor-<model> (password WATTCAST_PASSWORD_PREDICTOR_<MODEL>) and its ACL
+# lines: it may publish wattcast/v1/+/forecast/<model> only (wattcast.credentials.predictor_acl).
 set -eu
 
 users="simulator predictor-lstm predictor-lstm-augmented predictor-gbm predictor-gbm-history predictor-rls predictor-linear predictor-persistence collector viewer homeassistant"
+extra_models="$(echo "${WATTCAST_EXTRA_MODELS:-}" | tr ',' ' ')"
+for model in $extra_models; do
+    case "$model" in
+        *[!A-Za-z0-9_.-]* | [!A-Za-z0-9]*)
+            echo "mosquitto-init: error: WATTCAST_EXTRA_MODELS: not a model name: $model" >&2
+            exit 1 ;;
+    esac
+    users="$users predictor-$model"
+done
 auth_dir="${WATTCAST_AUTH_DIR:-/mosquitto/auth}"
 src_dir="$(cd "$(dirname "$0")" && pwd)"
 
@@ -48,6 +61,10 @@ healthcheck="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 mosquitto_passwd -b "$new" healthcheck "$healthcheck"
 printf '%s\n' "$healthcheck" > "$auth_dir/healthcheck.password"
 cp "$src_dir/acl" "$auth_dir/acl.new"
+for model in $extra_models; do
+    printf '\n# --- %s: a model of this deployment'"'"'s own (declared, not built in)\nuser predictor-%s\ntopic read wattcast/v1/+/reading\ntopic read wattcast/v1/+/end\ntopic write wattcast/v1/+/forecast/%s\ntopic readwrite wattcast/v1/status/predictor-%s\n' \
+        "$model" "$model" "$model" "$model" >> "$auth_dir/acl.new"
+done
 mv "$new" "$auth_dir/passwd"
 mv "$auth_dir/acl.new" "$auth_dir/acl"
 chmod 600 "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/healthcheck.password"

@@ -584,3 +584,22 @@ def test_the_documented_paho_example_follows_forecasts_as_viewer(login, secure_b
     assert f"h000 lstm            forecast for {T0 + 300}: 1.500 kW\n" in seen
     assert "h000 lstm            n=10 mse=0.2500 rolling=0.2500\n" in seen
     assert all("forecast" in x or "mse=" in x for x in seen), seen
+
+
+def test_init_step_declares_models_of_your_own(init_script, tmp_path, passwords):
+    from wattcast.credentials import predictor_acl
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
+    env.update({password_env_var(u): p for u, p in passwords.items()})
+    env.update({password_env_var("predictor-mine"): "pw-mine", password_env_var("predictor-other"): "pw-other"})
+    env.update(WATTCAST_AUTH_DIR=str(tmp_path / "auth"), WATTCAST_EXTRA_MODELS="mine,other")
+    r = subprocess.run(["sh", str(init_script)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # the same lines wattcast run writes for its private broker
+    expected = (REPO / "mosquitto" / "acl").read_text() + predictor_acl("mine") + predictor_acl("other")
+    assert (tmp_path / "auth" / "acl").read_text() == expected
+    hashed = dict(line.split(":", 1) for line in (tmp_path / "auth" / "passwd").read_text().splitlines())
+    assert verify_password("pw-mine", hashed["predictor-mine"]) and verify_password("pw-other", hashed["predictor-other"])
+    env["WATTCAST_EXTRA_MODELS"] = "bad/name"
+    bad = subprocess.run(["sh", str(init_script)], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "not a model name: bad/name" in bad.stderr

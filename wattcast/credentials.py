@@ -282,9 +282,26 @@ def add_users_arg(p: argparse.ArgumentParser, what: str) -> None:
         "--users",
         nargs="+",
         default=list(USERS),
-        choices=list(USERS),
+        type=deployment_user,
         metavar="USER",
-        help=f"{what} (default: all of {', '.join(USERS)})",
+        help=f"{what} (default: all of {', '.join(USERS)}; predictor-<model> for a model of your own)",
+    )
+
+
+def deployment_user(value: str) -> str:
+    """A user of the deployment: a built-in one, or the predictor of a model of your own."""
+    from wattcast.contract import model_name
+
+    if value in USERS:
+        return value
+    if value.startswith("predictor-"):
+        try:
+            model_name(value[len("predictor-") :])
+            return value
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(
+        f"not a user of the deployment: {value!r} (known: {', '.join(USERS)}, predictor-<model>)"
     )
 
 
