@@ -124,3 +124,17 @@ def test_your_own_model_and_an_outside_paho_predictor_are_scored_in_one_run(own_
     assert models["outside"]["mse"] == pytest.approx(models["persistence"]["mse"], rel=1e-12)
     mean = evaluate(load_spec(f"{own_model}:make"), load_split().val.iloc[:300])
     assert models["running-mean"]["n"] == mean.n and models["running-mean"]["mse"] == pytest.approx(mean.mse, rel=1e-9)
+
+
+def test_without_a_loadable_lightgbm_the_default_run_leaves_the_gbm_models_out_and_says_so(monkeypatch):
+    from wattcast.contract import MODELS
+    from wattcast.runner import pipeline
+    from wattcast.runner.options import RunOptions
+
+    monkeypatch.setattr(pipeline, "_lightgbm_loads", lambda: False)
+    notes: list[str] = []
+    args = pipeline._resolve_models(RunOptions(), notes)
+    assert args.models == [m for m in MODELS if m not in ("gbm", "gbm-history")]
+    assert notes == ["gbm, gbm-history: LightGBM cannot load here (apt-get install libgomp1): not run"]
+    asked = pipeline._resolve_models(RunOptions(models=["gbm", "persistence"]), notes := [])
+    assert asked.models == ["gbm", "persistence"] and notes == []  # asked for: its predictor says why it fails

@@ -76,6 +76,10 @@ class GbmModel(Model):
             lightgbm = import_lightgbm()
         except ImportError:
             raise ArtifactError(f"{directory.name} needs LightGBM: pip install lightgbm") from None
+        except OSError as exc:  # the wheel is there, its OpenMP library is not
+            raise ArtifactError(
+                f"{directory.name} needs LightGBM, which cannot load ({str(exc).splitlines()[0]}): apt-get install libgomp1"
+            ) from None
         try:
             self.metadata: dict[str, Any] = json.loads((directory / "metadata.json").read_text())
             self.booster = lightgbm.Booster(model_file=str(directory / "model.txt"))

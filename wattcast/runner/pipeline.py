@@ -56,7 +56,10 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     from wattcast.capacity import Plan, check
     from wattcast.data import data_notes, load_split
 
-    args = _resolve_models(args)
+    notes: list[str] = []
+    args = _resolve_models(args, notes)
+    for note in notes:
+        say(note)
     split = load_split(args.data, args.fraction, args.seed, args.columns)
     for note in data_notes(split.info):
         say(f"data: {note}")
@@ -85,7 +88,17 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
         raise RunError(str(exc)) from None
 
 
-def _resolve_models(args: RunOptions) -> RunOptions:
+def _lightgbm_loads() -> bool:
+    from wattcast.forecasters.gbm import import_lightgbm
+
+    try:
+        import_lightgbm()
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def _resolve_models(args: RunOptions, say_later: list[str]) -> RunOptions:
     """``args`` with every model named: a spec of your own (file.py:factory...) is loaded once here for its
     name, and kept (with an absolute path) for its predictor; RunError for two models of one name."""
     from wattcast.contract import MODELS
@@ -93,6 +106,9 @@ def _resolve_models(args: RunOptions) -> RunOptions:
     from wattcast.forecasters.registry import absolute_spec
 
     names, specs = [], {}
+    if args.models == list(MODELS) and not _lightgbm_loads():  # the default set: run what this machine can
+        say_later.append("gbm, gbm-history: LightGBM cannot load here (apt-get install libgomp1): not run")
+        args = replace(args, models=[m for m in MODELS if not m.startswith("gbm")])
     for spec in args.models:
         if spec in MODELS:
             names.append(spec)
