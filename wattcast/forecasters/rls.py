@@ -10,7 +10,8 @@ minute has no reading is never learnt).
 Every house starts from the artifact (``models/rls/``: ``state.npz`` holds the weights and
 the inverse correlation matrix P after streaming the training split, ``metadata.json``
 what it was trained on) and goes on learning from its own readings.  A house's state is
-its featurizer's hour, the weights, P (77 x 77) and the features of the last 5 minutes.
+its featurizer's hour, the weights, P (77 x 77, checkpointed as its upper triangle) and the
+features of the last 5 minutes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _MAGNITUDE = {"minute_of_day": 1440.0, "weekday": 7.0, "voltage": 240.0, "unmete
 #: typical magnitudes of the features (divided by these): keeps P well conditioned
 SCALE = np.array([_MAGNITUDE.get(f, 1.0) for f in FEATURES] + [1.0])
 PENDING = HORIZON_S // 60 + 1  # the newest readings whose targets have not come yet
+UPPER = np.triu_indices(DIM)  # P is symmetric: a checkpoint keeps its upper triangle
 
 
 class RlsForecaster(Forecaster, Featurizer):
@@ -62,6 +64,21 @@ class RlsForecaster(Forecaster, Featurizer):
         self.w = self.w + gain * (y - x @ self.w)
         p = (self.p - np.outer(gain, px)) / lam
         self.p = 0.5 * (p + p.T)  # stays symmetric despite rounding
+
+    def state(self) -> dict[str, Any]:
+        """As every forecaster's, but P (symmetric) as its upper triangle: half the JSON of a checkpoint."""
+        out = super().state()
+        out["p"] = self.p[UPPER].tolist()
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        p = state.get("p") if isinstance(state, dict) else None
+        if isinstance(p, list) and len(p) == len(UPPER[0]) and all(isinstance(v, int | float) for v in p):
+            full = np.zeros((DIM, DIM))
+            full[UPPER] = p
+            full.T[UPPER] = p
+            state = {**state, "p": full.tolist()}
+        super().restore(state)  # checks every value (a P of another size fails as a shape)
 
     def query(self) -> tuple[float, float] | None:
         if self.seen < self.model.min_readings:
