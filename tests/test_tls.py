@@ -9,8 +9,10 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,15 @@ def test_broker_certs_make_the_compose_broker_a_tls_listener(tmp_path):
     assert init.returncode == 0 and f"TLS listener on port {tls_port}" in init.stdout, init.stderr
     broker = PrivateBroker(common=False, anonymous=False, extra_conf=deployment_conf(auth), prefer="mosquitto").start()
     try:
+        # start() waits for the first listener; the TLS one (an included file) may open a moment later
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"no TLS listener on {tls_port}:\n{broker.log_tail()}"
+                time.sleep(0.05)
         viewer = {"username": "viewer", "password": passwords["viewer"]}
         over_tls = BrokerConfig.from_url(f"mqtts://127.0.0.1:{tls_port}", ca_file=str(certs / "ca.pem"), **viewer)
         plain = BrokerConfig.from_url(broker.url, **viewer)
