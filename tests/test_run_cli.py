@@ -254,3 +254,25 @@ def test_with_a_shared_broker_node_ids_are_stable_and_nothing_stays_retained(bro
         except Exception:
             continue
     assert [m.topic for m in got if m.payload] == [], got
+
+
+def test_an_interrupt_is_a_flag_the_run_checks_and_its_handler_takes_no_lock():
+    import threading
+
+    from wattcast.runner.processes import Interrupt
+
+    interrupt = Interrupt()
+    try:
+        # the handler runs between two bytecodes of the main thread, wherever it is: it must not
+        # take a lock that thread may hold (Event.set() in it once hung a run for good)
+        assert interrupt.previous and signal.getsignal(signal.SIGINT) == interrupt._press
+        interrupt.sleep(0.01)  # nothing pressed: returns
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            while time.monotonic() - t0 < 30:
+                interrupt.sleep(0.05)
+        assert time.monotonic() - t0 < 10
+    finally:
+        interrupt.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -107,14 +107,23 @@ class Interrupt:
     """
 
     def __init__(self) -> None:
-        self.pressed = threading.Event()
+        # A plain flag, no lock: the handler runs in the main thread between two bytecodes, and
+        # Event.set() there deadlocked when the signal came while that thread held the Event's
+        # own (non-reentrant) lock inside Event.wait(): Ctrl-C then hung the run for good (seen
+        # once under load in CI).
+        self.pressed = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.pressed.set())
+                self.previous[sig] = signal.signal(sig, self._press)
+
+    def _press(self, signum, frame) -> None:
+        self.pressed = True
 
     def sleep(self, seconds: float) -> None:
-        if self.pressed.wait(seconds):
+        if not self.pressed:
+            time.sleep(seconds)  # a signal's handler runs during it; the sleep then goes on (PEP 475)
+        if self.pressed:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
