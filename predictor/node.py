@@ -92,6 +92,8 @@ class PredictorNode:
         self.last_seq: dict[Stream, int] = {}
         #: the streams whose readings lack a measurement this model needs (logged once each)
         self.lacking_said: set[Stream] = set()
+        #: whether the model needs a measurement a reading may lack (all but global active power are optional)
+        self.needs_optional = any(f != "global_active_power" for f in model.needs)
         self.state_path = Path(state_path) if state_path is not None else None
         if self.state_path is not None and self.state_path.exists():
             self.load_state()
@@ -260,7 +262,7 @@ class PredictorNode:
     def _learn(self, msg: Reading, pending: list) -> None:
         key = (msg.run, msg.house)
         self.last_seq[key] = msg.seq
-        lacking = self.model.lacks(msg)
+        lacking = self.model.lacks(msg) if self.needs_optional else None
         if lacking:  # a meter without this measurement: nothing to learn or forecast, said once per stream
             self.stats.counters["lacking"] += 1
             if key not in self.lacking_said:

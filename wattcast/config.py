@@ -59,24 +59,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(value: str) -> int:
+def _whole_number(value: str, least: int) -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    return _whole_number(value, 1)
 
 
 def non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
-    return n
+    return _whole_number(value, 0)
 
 
 def model_name_arg(value: str) -> str:

@@ -13,22 +13,18 @@ Artifact ``models/<name>/``: ``model.txt`` (LightGBM) and ``metadata.json``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from wattcast import __version__
+from wattcast.artifacts import stamp, versions, window, write_with_validation
 from wattcast.contract import HORIZON_S, READING_FIELDS
 from wattcast.data import Split
-from wattcast.evaluation import evaluate, target_index
+from wattcast.evaluation import target_index
 from wattcast.forecasters.features import FEATURES, stream_features
 
 #: tuned on seed 1234 only (the course's window); the backtest's other windows judge it
@@ -99,12 +95,9 @@ def train_gbm(
     target = out_dir / name
     target.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(target / "model.txt"))
-    digest = hashlib.sha256((target / "model.txt").read_bytes()).hexdigest()[:10]
-    now = datetime.now(UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
     meta: dict[str, Any] = {
         "name": name,
-        "version": f"{name}-{now:%Y%m%d}-{digest}",
+        **stamp(name, target / "model.txt"),
         "target": "global_active_power change over the horizon (forecast = newest GAP + predicted change)",
         "horizon_s": HORIZON_S,
         "features": FEATURES,
@@ -116,7 +109,7 @@ def train_gbm(
             "trained_on": "the split's training rows"
             if train_frame is None
             else f"{len(frame):,} readings before validation",
-            "window": [frame["datetime"].iloc[0].strftime(fmt), frame["datetime"].iloc[-1].strftime(fmt)],
+            "window": window(frame),
             "cpu_seconds": round(cpu_s, 1),
         },
         "data_window": split.info,
@@ -125,17 +118,8 @@ def train_gbm(
                 :15
             ]
         ),
-        "versions": {
-            "wattcast": __version__,
-            "python": platform.python_version(),
-            "lightgbm": lightgbm.__version__,
-            "numpy": np.__version__,
-        },
-        "trained_at": now.isoformat(timespec="seconds"),
+        "versions": versions(lightgbm=lightgbm.__version__),
     }
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    scores = evaluate(GbmModel(target), split.val)
-    meta["validation"] = {**scores.to_dict(), "split": "validation", "targets": "every window whose target is in the split"}
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    scores = write_with_validation(target, meta, GbmModel, split.val)
     log(f"{name}: {rows:,} training rows, {cpu_s:.1f} CPU s, validation MSE {scores.mse:.4f} (n={scores.n}); wrote {target}")
     return meta

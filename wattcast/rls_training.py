@@ -6,21 +6,16 @@ features, parameters, versions, validation scores).  NumPy only.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wattcast import __version__
+from wattcast.artifacts import stamp, versions, window, write_with_validation
 from wattcast.contract import READING_FIELDS
 from wattcast.data import Split
-from wattcast.evaluation import evaluate
 from wattcast.forecasters.features import FEATURES
 from wattcast.forecasters.rls import RlsModel, warm_start
 
@@ -44,12 +39,9 @@ def train_rls(split: Split, out_dir: Path, log: Callable[[str], None] = print) -
     target = out_dir / "rls"
     target.mkdir(parents=True, exist_ok=True)
     np.savez(target / "state.npz", w=model.w0, p=model.p0)
-    digest = hashlib.sha256((target / "state.npz").read_bytes()).hexdigest()[:10]
-    now = datetime.now(UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
     meta: dict[str, Any] = {
         "name": "rls",
-        "version": f"rls-{now:%Y%m%d}-{digest}",
+        **stamp("rls", target / "state.npz"),
         "target": "global_active_power change over the horizon (forecast = newest GAP + predicted change)",
         "features": FEATURES,
         "lam": model.lam,
@@ -57,17 +49,13 @@ def train_rls(split: Split, out_dir: Path, log: Callable[[str], None] = print) -
         "clip": model.clip,
         "training": {
             "trained_on": "the split's training rows, streamed; every house goes on learning live",
-            "window": [split.train["datetime"].iloc[0].strftime(fmt), split.train["datetime"].iloc[-1].strftime(fmt)],
+            "window": window(split.train),
             "rows": len(split.train),
             "cpu_seconds": round(cpu_s, 1),
         },
         "data_window": split.info,
-        "versions": {"wattcast": __version__, "python": platform.python_version(), "numpy": np.__version__},
-        "trained_at": now.isoformat(timespec="seconds"),
+        "versions": versions(),
     }
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    scores = evaluate(RlsModel.load(target), split.val)
-    meta["validation"] = {**scores.to_dict(), "split": "validation", "targets": "every window whose target is in the split"}
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    scores = write_with_validation(target, meta, RlsModel.load, split.val)
     log(f"rls: {len(split.train):,} training rows, {cpu_s:.1f} CPU s, validation MSE {scores.mse:.4f}; wrote {target}")
     return meta

@@ -11,21 +11,16 @@ Artifact folder ``models/<name>/``:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from wattcast import __version__
+from wattcast.artifacts import stamp, versions, write_with_validation
 from wattcast.data import Split
-from wattcast.evaluation import evaluate
 from wattcast.forecasters.lstm import LstmModel, LstmNet
 
 SEQ_LENGTH = 30
@@ -163,11 +158,9 @@ def train(name: str, split: Split, out_dir: Path, options: TrainOptions | None =
     model.save(target / "model.keras")
     net = export_net(model)
     net.save_npz(target / "weights.npz")
-    digest = hashlib.sha256((target / "weights.npz").read_bytes()).hexdigest()[:10]
-    now = datetime.now(UTC)
     meta = {
         "name": name,
-        "version": f"{name}-{now:%Y%m%d}-{digest}",
+        **stamp(name, target / "weights.npz"),
         "target": "global_active_power",
         "features": list(spec.features),
         "seq_length": spec.seq_length,
@@ -189,20 +182,10 @@ def train(name: str, split: Split, out_dir: Path, options: TrainOptions | None =
         },
         "data_window": split.info,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "versions": {
-            "wattcast": __version__,
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-        },
-        "trained_at": now.isoformat(timespec="seconds"),
+        "versions": versions(tensorflow=tf.__version__, keras=keras.__version__),
     }
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     # Validation scores through the runtime the nodes use (NumPy forward pass).
-    scores = evaluate(LstmModel(target), split.val)
-    meta["validation"] = {**scores.to_dict(), "split": "validation", "targets": "every window whose target is in the split"}
-    (target / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    scores = write_with_validation(target, meta, LstmModel, split.val)
     plot_loss(meta, target / "loss.png")
     opts.log(
         f"{name}: best epoch {best_epoch}/{len(val_loss)}, validation MSE {scores.mse:.4f} (n={scores.n}); wrote {target}"
