@@ -21,7 +21,7 @@
 # lines: it may publish wattcast/v1/+/forecast/<model> only (wattcast.credentials.predictor_acl).
 set -eu
 
-users="simulator predictor-lstm predictor-lstm-augmented predictor-gbm predictor-gbm-history predictor-rls predictor-linear predictor-persistence collector viewer homeassistant"
+users="simulator predictor-lstm predictor-lstm-augmented predictor-gbm predictor-gbm-history predictor-rls predictor-linear predictor-persistence collector viewer dashboard homeassistant"
 extra_models="$(echo "${WATTCAST_EXTRA_MODELS:-}" | tr ',' ' ')"
 for model in $extra_models; do
     case "$model" in

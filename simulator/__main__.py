@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         age = process_age_s()
         if age is not None:
             stats.counters["startup_ms"] = int(age * 1000)
+        stats.counters["planned"] = sum(len(s) for s in streams)  # for viewers' progress and ETA
         settle_heap()
         bus.publish(status_topic(args.node), status(args.node, "simulator", "online", stats).to_json(), retain=True)
         if args.wait_for:

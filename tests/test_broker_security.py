@@ -299,6 +299,7 @@ def publish_one_of_each(login) -> list[str]:
     [
         ("viewer", {"forecast", "metrics", "status"}),
         ("homeassistant", {"reading", "forecast", "status"}),
+        ("dashboard", {"reading", "forecast", "metrics", "status", "progress"}),
         ("runner", {"metrics", "status", "progress"}),
         ("predictor-lstm", {"reading", "end"}),
         ("predictor-persistence", {"reading", "end"}),

@@ -530,3 +530,40 @@ def test_a_second_up_is_scored_as_a_new_run(deployment, baseline, tmp_path):
         assert data.facts["run"] == run and data.facts["readings"] == 4099
         for row in data.aggregate:
             assert row.n == MATCHED and math.isclose(row.mse, baseline[row.model]["mse"], rel_tol=1e-6), row
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_dashboard_profile_follows_the_deployment(deployment, baseline, tmp_path):
+    """The `dashboard` service's command, as a process with its compose login, sees the whole replay: its
+    page's scores equal the store's."""
+    import urllib.request
+
+    d = deployment()
+    service = d.services["dashboard"]
+    assert service["profiles"] == ["dashboard"] and service["ports"] == ["127.0.0.1:${WATTCAST_DASHBOARD_PORT:-8050}:8050"]
+    d.up(["mosquitto-init", BROKER_SERVICE])
+    d.wait(BROKER_SERVICE, "service_healthy")
+    port, url_file = free_port(), tmp_path / "dashboard.url"
+    argv = [a.replace("0.0.0.0", "127.0.0.1").replace("8050", str(port)) for a in d.argv("dashboard", service["command"])]
+    d.procs["dashboard"] = subprocess.Popen(
+        [*argv, "--url-file", str(url_file)], env=d.env("dashboard"), cwd=REPO, stdin=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while not url_file.exists():
+        assert d.procs["dashboard"].poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+        time.sleep(0.05)
+    d.up([name for name in app_services(d.compose)])
+    scores = collector_scores(d, timeout=120)
+    assert_same_scores(scores, baseline)
+
+    def shown() -> dict[str, Any]:
+        with urllib.request.urlopen(url_file.read_text().strip() + "api/state", timeout=30) as r:
+            return {m["model"]: m for m in json.loads(r.read())["models"]}
+
+    deadline = time.monotonic() + 60
+    while {m: x["n"] for m, x in shown().items()} != {m: s["n"] for m, s in scores["models"].items()}:
+        assert time.monotonic() < deadline, (shown(), scores["models"])
+        time.sleep(0.2)
+    for model, x in shown().items():
+        assert math.isclose(x["mse"], scores["models"][model]["mse"], rel_tol=1e-9), model

@@ -25,6 +25,7 @@ from wattcast.config import (
 )
 from wattcast.contract import MODELS
 from wattcast.data_commands import add_data_commands
+from wattcast.viewer_commands import add_viewer_commands
 
 
 class UsageError(Exception):
@@ -229,13 +230,6 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from wattcast.config import broker_from_args
-    from wattcast.watch import watch
-
-    return watch(broker_from_args(args), houses=args.houses, duration=args.duration)
-
-
 # ----------------------------------------------------------------------------- parser
 
 
@@ -316,11 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--db", required=True, help="the collector's SQLite store")
     rs.set_defaults(func=cmd_runs)
 
-    w = sub.add_parser("watch", help="follow the metrics of a running deployment")
-    add_broker_args(w)
-    w.add_argument("--houses", nargs="*", default=None, help="houses to follow (default: all)")
-    w.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
-    w.set_defaults(func=cmd_watch)
+    add_viewer_commands(sub)
 
     rec = sub.add_parser("record", help="capture a live MQTT stream to a file (JSON lines) for a later replay")
     add_broker_args(rec)

@@ -7,7 +7,8 @@ node id, so a node may publish its own status ``wattcast/v1/status/<user>``)::
     simulator                 publishes readings and end-of-stream markers
     predictor-<model>         reads readings and ends, publishes <model>'s forecasts
     collector                 reads everything, publishes metrics
-    viewer                    reads forecasts, metrics and node status (dashboards)
+    viewer                    reads forecasts, metrics and node status (outside subscribers)
+    dashboard                 the web dashboard: reads readings, forecasts, metrics, status, progress
     homeassistant             reads discovery configs, readings, forecasts, node status
 
 Passwords are never committed.  Each lives in an environment variable named by
@@ -53,6 +54,7 @@ USERS: dict[str, str] = {
     **{f"predictor-{m}": "predictor" for m in MODELS},
     "collector": "collector",
     "viewer": "viewer",
+    "dashboard": "dashboard",
     "homeassistant": "homeassistant",
 }
 #: The users of a ``wattcast run`` private broker: the nodes' and viewer's, and ``runner``,

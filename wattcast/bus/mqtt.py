@@ -135,6 +135,11 @@ class MqttBus:
         self._awaited: dict[int, threading.Event] = {}
         self.client = c
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (paho reconnects by itself after a loss)."""
+        return self._connected.is_set()
+
     # -- paho callbacks: network thread, no domain code -------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:

@@ -54,6 +54,8 @@ class RunOptions:
     limit: int | None = None
     window: int | None = None
     prometheus_port: int | None = None
+    dashboard: bool = False
+    dashboard_port: int = 0
     store: str | None = None
     report: str | None = None
     timeout: float = 1800.0
@@ -115,6 +117,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the collector serves its scores for Prometheus at http://127.0.0.1:PORT/metrics while the run lasts",
     )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve a live web page of the run on 127.0.0.1 (its URL is printed; wattcast dashboard for any deployment)",
+    )
+    p.add_argument("--dashboard-port", type=port_number, default=0, help="port of --dashboard's page (default: a free one)")
     p.add_argument(
         "--window",
         type=positive_int,

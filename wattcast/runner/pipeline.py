@@ -27,6 +27,7 @@ from wattcast.contract import (
     progress_topic,
 )
 from wattcast.node import EXIT_INCOMPLETE
+from wattcast.runner.dashboard import linger, start_dashboard
 from wattcast.runner.options import RunError, RunOptions
 from wattcast.runner.processes import (
     Child,
@@ -250,6 +251,10 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                 login(collector_node),
             )
         )
+        if args.dashboard:  # before the nodes: subscribed when the first reading comes
+            child, dashboard_url = start_dashboard(config.url, args.dashboard_port, log_dir, login("dashboard"))
+            children.append(child)
+            say(f"dashboard: {dashboard_url}")
         predictor_nodes = {}
         for model in args.models:
             node = f"predictor-{model}{suffix}"
@@ -323,6 +328,8 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
                 view.refresh()  # throttles itself
             interrupt.sleep(0.05)
         replay_s = time.monotonic() - t_replay
+        if args.dashboard:
+            linger(dashboard_url, say)
         if view is not None:
             watcher.poll()
             view.close(final_table=False)  # the summary below is the one final table
