@@ -238,3 +238,50 @@ def test_a_dashboard_without_its_broker_says_so_in_one_line():
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("wattcast: error: cannot reach MQTT broker at mqtt://127.0.0.1:")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+class Subscriptions:
+    """A bus that records (un)subscriptions."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def subscribe(self, *filters: str, qos: int = 1) -> None:
+        self.calls.append(("subscribe", filters))
+
+    def unsubscribe(self, *filters: str) -> None:
+        self.calls.append(("unsubscribe", filters))
+
+
+def test_a_slow_feed_is_followed_whole():
+    from wattcast.dashboard.feed import HouseFeed
+
+    clock, bus = Clock(), Subscriptions()
+    feed = HouseFeed(bus, ["r", "f"], budget=200, burst=100, pause_s=2.0, clock=clock)
+    feed.start()
+    for _ in range(1000):  # 100 a second: under the budget
+        clock.t += 0.01
+        feed.seen()
+        feed.tick()
+    assert bus.calls == [("subscribe", ("r", "f"))] and feed.subscribed and not feed.sampled
+
+
+def test_a_fast_feed_is_sampled_in_bursts_and_says_so():
+    from wattcast.dashboard.feed import HouseFeed
+
+    clock, bus = Clock(), Subscriptions()
+    feed = HouseFeed(bus, ["r", "f"], budget=200, burst=100, pause_s=2.0, clock=clock)
+    feed.start(subscribed=True)
+    taken = 0
+    for _ in range(10_000):  # 1,000 a second for 10 s
+        clock.t += 0.001
+        if feed.subscribed:
+            taken += 1
+        feed.seen()  # what was in flight still arrives, and is not counted
+        feed.tick()
+    assert feed.sampled and feed.pauses >= 4
+    assert bus.calls[0] == ("unsubscribe", ("r", "f")) and bus.calls[1] == ("subscribe", ("r", "f"))
+    assert taken < 10_000 // 3  # bursts of 100 every ~2.1 s
+    assert taken >= 100 * feed.pauses  # every burst whole
+    clock.t += 60  # long after: no longer said to be sampled
+    assert not feed.sampled

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -136,9 +137,13 @@ def test_a_real_run_in_headless_chromium(tmp_path):
         out, _ = proc.communicate(timeout=120)
     finally:
         os.close(primary)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # Ctrl-C: the run stops its nodes and broker (a SIGKILL would orphan them)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, "".join(err.lines)
     assert json.loads(out)["models"]["gbm"]["n"] == store["gbm"]["n"]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000

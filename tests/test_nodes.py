@@ -945,3 +945,49 @@ def test_a_status_after_another_keeps_what_a_last_will_lacks():
     assert will.after(None) is will
     fresh = Status("predictor-lstm", "online", "predictor", 3.0, {"forecasts": 1}, "lstm")
     assert fresh.after(final) is fresh
+
+
+@pytest.mark.integration
+def test_a_node_stopped_after_its_broker_died_exits_at_once(broker, tmp_path):
+    """SIGTERM while the broker is gone: the node must not wait (over a minute) for a reconnection to
+    publish its final status."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    from wattcast.bus import BrokerConfig, MqttBus
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
+    log = tmp_path / "predictor.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "predictor", "--broker", broker.url, "--model", "persistence"]
+            + ["--state-dir", str(tmp_path / "state")],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    watcher = MqttBus(BrokerConfig(broker.host, broker.port), "test-watcher", session=False).connect(timeout=30)
+    try:
+        watcher.subscribe("wattcast/v1/status/predictor-persistence")
+        deadline = time.monotonic() + 120
+        while b'"online"' not in watcher.inbox.get(timeout=max(0.1, deadline - time.monotonic())).payload:
+            pass
+        watcher.close()
+        broker.kill()
+        deadline = time.monotonic() + 60
+        while "disconnected from" not in log.read_text():  # it has noticed
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)  # it waited 60 s for the broker (and then 10 s more) before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopping while disconnected from the broker" in log.read_text()

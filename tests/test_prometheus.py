@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 from helpers import REPO, stop_all
@@ -73,13 +77,59 @@ def test_the_exporter_serves_what_the_collector_scores(tmp_path):
         store.close()
 
 
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+class PrometheusServer:
+    """Debian's Prometheus on a free loopback port, scraping ``target`` every second, its database in ``workdir``."""
+
+    def __init__(self, workdir: Path, target: str) -> None:
+        if not os.access(PROMETHEUS, os.X_OK):
+            pytest.skip("no Prometheus server: apt-get install prometheus")
+        workdir.mkdir(parents=True)
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"scrape_configs:\n  - job_name: wattcast\n    static_configs:\n      - targets: ['{target}']\n"
+        )
+        self.port = free_port()
+        self.log = (workdir / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}"]
+            + [f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def query(self, promql: str) -> list[dict]:
+        """The instant vector of ``promql`` (Prometheus' HTTP API), [] while it is not up yet."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = json.loads(response.read())
+        except OSError:
+            assert self.proc.poll() is None, f"prometheus exited with {self.proc.returncode}"
+            return []
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def close(self) -> None:
+        stop_all([self.proc])
+        self.log.close()
+
+
 @pytest.mark.integration
-def test_a_live_collectors_metrics_equal_its_store(tmp_path):
+@pytest.mark.parametrize(
+    "prometheus_server", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["scrape", "prometheus-server"]
+)
+def test_a_live_collectors_metrics_equal_its_store(tmp_path, prometheus_server):
     broker = PrivateBroker(workdir=tmp_path / "broker")
     if broker.kind != "mosquitto":
         pytest.skip("needs the mosquitto binary (apt-get install mosquitto)")
-    broker.start()
     port = free_port()
+    server = PrometheusServer(tmp_path / "prometheus", f"127.0.0.1:{port}") if prometheus_server else None
+    broker.start()
     db = tmp_path / "w.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTCAST_")}
     env["OPENBLAS_NUM_THREADS"] = "1"
@@ -128,7 +178,21 @@ def test_a_live_collectors_metrics_equal_its_store(tmp_path):
         while scrape(port).get(simulator_up) != 0:
             assert time.monotonic() < deadline, "the simulator's offline status never reached /metrics"
             time.sleep(0.2)
+        if server is not None:  # a real Prometheus scraped the collector: its database holds the store's scores
+            for model in models:
+                row, labels = summary[("h000", model)], f'run="{run}",house="h000",model="{model}"'
+                deadline = time.monotonic() + 120
+                while [float(v["value"][1]) for v in server.query(f"wattcast_scored_forecasts{{{labels}}}")] != [row["n"]]:
+                    assert time.monotonic() < deadline, f"Prometheus never scraped the final count of {model}"
+                    time.sleep(0.5)
+                (mse,) = server.query(f"wattcast_mse_kw2{{{labels}}}")
+                assert float(mse["value"][1]) == pytest.approx(row["mse"], rel=1e-12)
+                assert mse["metric"]["job"] == "wattcast"
+            (up,) = server.query('up{job="wattcast"}')
+            assert up["value"][1] == "1"
     finally:
+        if server is not None:
+            server.close()
         stop_all(procs)
         logs.close()
         broker.close()

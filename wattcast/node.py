@@ -261,5 +261,12 @@ def serve(
             break
     if checkpoints is not None and checkpoints.held:
         checkpoints.commit()
+    if not getattr(bus, "connected", True):
+        # Stopping without a broker (it is gone too): waiting for it to come back would hold a
+        # SIGTERM for over a minute (publish waits up to 60 s to reconnect). No final status then:
+        # viewers see the node's last online status age out; what was not acknowledged comes back
+        # to the node's next start (its persistent session).
+        log.warning("%s: stopping while disconnected from the broker: no final status", node)
+        return
     bus.publish(status_topic(node), status(node, role, "offline", stats, model).to_json(), retain=True)
     bus.flush(timeout=10)

@@ -273,6 +273,15 @@ class MqttBus:
         if timeout is not None and not done.wait(timeout):
             raise TimeoutError(f"the broker at {self.broker.url} did not confirm the subscription in {timeout:.0f} s")
 
+    def unsubscribe(self, *filters: str) -> None:
+        """Stop a subscription (and do not renew it after a reconnection); what the broker had
+        already sent may still arrive."""
+        with self._lock:
+            for f in filters:
+                self._filters.pop(f, None)
+            if self._connected.is_set():
+                self.client.unsubscribe(list(filters))
+
     def ack(self, message: Message) -> None:
         if self.manual_ack and message.qos > 0:
             self.client.ack(message.mid, message.qos)

@@ -9,9 +9,10 @@ paho's network thread only queues messages; one thread decodes them into the
 snapshots from it.  paho reconnects by itself after a broker restart (and subscribes
 again); the page says whether the dashboard is connected.
 
-A viewer should never slow the pipeline it watches: the process lowers its own
-scheduling priority (``nice``) before it starts, so on a busy machine the nodes get
-the cores first.
+A viewer should never slow the pipeline it watches: readings and forecasts are
+sampled when they come faster than a page can follow (:mod:`.feed`: at ``--speed max``),
+and the process lowers its own scheduling priority (``nice``), so on a busy machine the
+nodes get the cores first.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wattcast.bus import BrokerConfig, MqttBus
-from wattcast.contract import ALL_STATUS, MessageError, decode, house_filter
+from wattcast.contract import ALL_STATUS, Forecast, MessageError, Reading, decode, house_filter
 from wattcast.contract.topics import ROOT
+from wattcast.dashboard.feed import HouseFeed
 from wattcast.dashboard.server import DashboardServer
 from wattcast.dashboard.state import DashboardState
 
@@ -39,26 +41,30 @@ log = logging.getLogger("wattcast.dashboard")
 NICENESS = 10
 
 
+def score_filters() -> list[str]:
+    """Every metrics, status and progress message (never sampled)."""
+    return [*house_filter(None, "metrics/+"), ALL_STATUS, f"{ROOT}/progress/+"]
+
+
+def house_filters(houses: list[str] | None) -> list[str]:
+    """The readings and forecasts of ``houses`` (default all): sampled at high rates (:mod:`.feed`)."""
+    return [*house_filter(houses, "reading"), *house_filter(houses, "forecast/+")]
+
+
 def subscriptions(houses: list[str] | None) -> list[str]:
-    """What the dashboard reads: every metrics, status and progress message, and the readings and
-    forecasts of ``houses`` (default all)."""
-    return [
-        *house_filter(None, "metrics/+"),
-        ALL_STATUS,
-        f"{ROOT}/progress/+",
-        *house_filter(houses, "reading"),
-        *house_filter(houses, "forecast/+"),
-    ]
+    """Everything the dashboard reads."""
+    return [*score_filters(), *house_filters(houses)]
 
 
 class Follower:
     """Moves messages from the bus into the state, on a thread of its own."""
 
-    def __init__(self, bus: MqttBus, state: DashboardState) -> None:
-        self.bus, self.state = bus, state
+    def __init__(self, bus: MqttBus, state: DashboardState, feed: HouseFeed) -> None:
+        self.bus, self.state, self.feed = bus, state, feed
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dashboard-follow", daemon=True)
         self._warned = False
+        self.taken = 0
 
     def start(self) -> Follower:
         self.thread.start()
@@ -66,8 +72,11 @@ class Follower:
 
     def _loop(self) -> None:
         bus, state = self.bus, self.state
+        feed = self.feed
         while not self.stopping.is_set():
             state.connection(bus.broker.url, bus.connected, bus.reconnects)
+            feed.tick()
+            state.sampled = feed.sampled
             try:
                 message = bus.inbox.get(timeout=0.2)
             except queue.Empty:
@@ -82,11 +91,15 @@ class Follower:
                     log.warning("ignored a malformed message on %s: %s", message.topic[:120], exc)
                     self._warned = True
                 continue
+            if isinstance(msg, Reading | Forecast):
+                feed.seen()
             state.take(msg, message.received_at, message.retain)
+            self.taken += 1
 
     def stop(self) -> None:
         self.stopping.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
 
 
 def lower_priority(step: int = NICENESS) -> None:
@@ -115,9 +128,12 @@ def dashboard(
     bus = MqttBus(broker, client_id=f"wattcast-dashboard-{os.getpid()}-{uuid.uuid4().hex[:8]}", session=False)
     bus.connect(timeout=connect_timeout)
     state = DashboardState(keep_minutes=keep_minutes)
-    follower = Follower(bus, state).start()
+    feed = HouseFeed(bus, house_filters(houses))
+    follower = Follower(bus, state, feed)
     try:
         bus.subscribe(*subscriptions(houses), qos=0, timeout=connect_timeout)  # confirmed before the URL is out
+        feed.start(subscribed=True)
+        follower.start()
         server = DashboardServer(state, host, port, allowed_hosts=allowed_hosts)
     except BaseException:
         follower.stop()
@@ -144,4 +160,10 @@ def dashboard(
         server.stop()
         follower.stop()
         bus.close()
+    cpu = time.process_time()
+    print(
+        f"dashboard: stopped after {follower.taken:,} messages ({state.rejected} malformed ignored), {cpu:.1f} CPU s",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0

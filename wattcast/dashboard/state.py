@@ -49,6 +49,7 @@ class DashboardState:
         self.version = 0  # +1 on every change: the server sends a snapshot only when it moved
         self.broker: dict[str, Any] = {"url": None, "connected": False, "reconnects": 0, "since": None}
         self.rejected = 0
+        self.sampled = False  # readings and forecasts sampled (too fast to follow: feed.py)
         #: nodes whose status came live (not retained): a node that says online only at its start (the
         #: simulator) is online until its offline or last will, not stale after FRESH_STATUS_S
         self.heard: set[str] = set()
@@ -224,6 +225,7 @@ class DashboardState:
                 "house": self._house_json(house, window_minutes) if house else None,
                 "nodes": self._nodes_json(),
                 "rejected": self.rejected,
+                "sampled": self.sampled,
             }
 
     def _progress_json(self, now: float) -> dict[str, Any] | None:

@@ -78,6 +78,9 @@ function renderHeader(snap) {
   $("progress-bar").style.width = p ? `${(100 * p.done) / p.total}%` : "0";
   $("progress-text").textContent = p ? p.text : "waiting for the replay's progress…";
   if (snap.rejected) $("progress-text").textContent += ` · ${snap.rejected} malformed message(s) ignored`;
+  $("sampled").textContent = snap.sampled
+    ? "sampled: the replay is faster than a page can follow, so bursts of consecutive minutes are drawn every few seconds"
+    : "";
 }
 
 function renderHouses(snap) {
