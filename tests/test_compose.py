@@ -123,8 +123,9 @@ def start_order(services: dict[str, Any]) -> list[str]:
 
 
 def app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services built from this repo (the Dockerfile), not the broker's."""
-    return {n: s for n, s in compose["services"].items() if "build" in s}
+    """The pipeline's services built from this repo (the Dockerfile): not the broker's, and not those of an
+    optional profile (the dashboard)."""
+    return {n: s for n, s in compose["services"].items() if "build" in s and not s.get("profiles")}
 
 
 # ---------------------------------------------------------------------- static checks
@@ -542,6 +543,8 @@ def test_the_dashboard_profile_follows_the_deployment(deployment, baseline, tmp_
     d = deployment()
     service = d.services["dashboard"]
     assert service["profiles"] == ["dashboard"] and service["ports"] == ["127.0.0.1:${WATTCAST_DASHBOARD_PORT:-8050}:8050"]
+    assert service["image"] == d.services["collector"]["image"]  # the one image of the pipeline
+    assert environment(service)[config.ENV_USERNAME] == "dashboard" and "dashboard" in USERS
     d.up(["mosquitto-init", BROKER_SERVICE])
     d.wait(BROKER_SERVICE, "service_healthy")
     port, url_file = free_port(), tmp_path / "dashboard.url"
@@ -553,7 +556,7 @@ def test_the_dashboard_profile_follows_the_deployment(deployment, baseline, tmp_
     while not url_file.exists():
         assert d.procs["dashboard"].poll() is None and time.monotonic() < deadline, "the dashboard did not start"
         time.sleep(0.05)
-    d.up([name for name in app_services(d.compose)])
+    d.up(list(app_services(d.compose)))
     scores = collector_scores(d, timeout=120)
     assert_same_scores(scores, baseline)
 
