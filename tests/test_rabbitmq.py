@@ -1,0 +1,93 @@
+"""A private RabbitMQ cluster (wattcast/rabbitmq.py) of our own on loopback, and wattcast's MQTT bus on it:
+meters and viewers keep speaking MQTT to RabbitMQ's MQTT plugin (issue 15)."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.rabbitmq import RabbitCluster, RabbitError, rabbit_available
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not rabbit_available():
+        pytest.skip("RabbitMQ is not installed (apt-get install rabbitmq-server)")
+    c = RabbitCluster(tmp_path_factory.mktemp("rabbit"), size=3, users={"meter": "meter-pw", "viewer": "viewer-pw"})
+    c.start()
+    yield c
+    c.close()
+
+
+def bus(cluster, k: int, user: str, password: str, client_id: str, **kw) -> MqttBus:
+    node = cluster.nodes[k]
+    return MqttBus(BrokerConfig("127.0.0.1", node.mqtt_port, user, password), client_id, **kw).connect(timeout=60)
+
+
+def test_three_nodes_form_one_cluster_of_our_own(cluster):
+    status = cluster.ctl(cluster.nodes[0], "cluster_status", "--formatter", "json")
+    for node in cluster.nodes:
+        assert node.name in status
+        assert node.amqp_port < 32768 and node.mqtt_port < 32768 and node.dist_port < 32768
+        assert node.amqp_port != 5672
+    users = cluster.ctl(cluster.nodes[1], "list_users")
+    assert "guest" not in users and "wattcast-bootstrap" not in users and "meter" in users
+
+
+def test_mqtt_published_on_one_node_reaches_a_subscriber_on_another_in_order(cluster):
+    viewer = bus(cluster, 2, "viewer", "viewer-pw", "test-viewer", session=False)
+    meter = bus(cluster, 0, "meter", "meter-pw", "test-meter", session=False)
+    try:
+        viewer.subscribe("wattcast/v1/+/reading", qos=1, timeout=30)
+        for seq in range(50):
+            meter.publish("wattcast/v1/h000/reading", b'{"seq":%d}' % seq, qos=1)
+        assert meter.flush(60)
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < 50:
+            try:
+                got.append(viewer.inbox.get(timeout=max(0.1, deadline - time.monotonic())).payload)
+            except queue.Empty:
+                break
+        assert got == [b'{"seq":%d}' % seq for seq in range(50)]
+    finally:
+        meter.close()
+        viewer.close()
+
+
+def test_no_anonymous_client_and_no_wrong_password(cluster):
+    for user, password in ((None, None), ("meter", "wrong"), ("guest", "guest")):
+        with pytest.raises(ConnectionError):
+            MqttBus(BrokerConfig("127.0.0.1", cluster.nodes[0].mqtt_port, user, password), "intruder").connect(timeout=30)
+
+
+def test_a_node_killed_leaves_the_others_routing(cluster):
+    victim = cluster.nodes[1]
+    cluster.kill(victim)
+    assert victim not in cluster.running()
+    viewer = bus(cluster, 2, "viewer", "viewer-pw", "test-viewer-2", session=False)
+    meter = bus(cluster, 0, "meter", "meter-pw", "test-meter-2", session=False)
+    try:
+        viewer.subscribe("wattcast/v1/+/end", qos=1, timeout=30)
+        meter.publish("wattcast/v1/h001/end", b"{}", qos=1)
+        assert meter.flush(60)
+        assert viewer.inbox.get(timeout=60).topic == "wattcast/v1/h001/end"
+    finally:
+        meter.close()
+        viewer.close()
+    cluster.start_node(victim)  # it comes back into its cluster
+    assert victim in cluster.running()
+    assert victim.name in cluster.ctl(cluster.nodes[0], "cluster_status", "--formatter", "json")
+
+
+def test_a_cluster_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch):
+    import wattcast.rabbitmq as rabbitmq
+
+    monkeypatch.setattr(rabbitmq, "RABBIT_BIN", tmp_path / "nowhere")
+    with pytest.raises(RabbitError, match="apt-get install rabbitmq-server"):
+        RabbitCluster(tmp_path / "c").start()

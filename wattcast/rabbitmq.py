@@ -1,0 +1,255 @@
+"""A private RabbitMQ cluster on loopback: N nodes of our own, never the machine's broker.
+
+The scale-out engine of issue 15 (docs/deployment.md): meters and viewers speak MQTT to
+RabbitMQ's MQTT plugin; sharded nodes will use AMQP.  :class:`RabbitCluster` starts
+``size`` nodes (Debian's ``rabbitmq-server``, run directly from ``/usr/lib/rabbitmq/bin``
+so that it keeps our environment instead of switching to the ``rabbitmq`` user), joins
+them into one cluster and creates the users it is given; nothing listens beyond
+127.0.0.1 and there is no ``guest`` (a random administrator instead).
+
+What keeps it apart from the machine's own RabbitMQ (its node ``rabbit@localhost``,
+ports 5672, 25672 and epmd's 4369):
+
+- each node has its own ``RABBITMQ_NODENAME``, ``RABBITMQ_MNESIA_BASE``, ``RABBITMQ_LOG_BASE``,
+  ``RABBITMQ_CONFIG_FILE``, ``RABBITMQ_ENABLED_PLUGINS_FILE`` and an empty
+  ``RABBITMQ_CONF_ENV_FILE`` (Debian's ``rabbitmq-env.conf`` would force ``rabbit@localhost``);
+- the cluster has an epmd of its own (``ERL_EPMD_PORT``) and an Erlang cookie of its own
+  (``HOME`` is the cluster's folder);
+- every port (AMQP, MQTT, distribution, epmd) is a free one below the ephemeral range
+  (32768 and up collided with ``eaddrinuse`` while the node started);
+- ``-detached`` returns before the node is up: ``rabbitmqctl await_startup`` waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+PLUGINS = ("rabbitmq_mqtt", "rabbitmq_consistent_hash_exchange")
+#: ports are taken from here: below Linux's ephemeral range, away from the usual services
+PORT_RANGE = (20000, 32000)
+BOOTSTRAP = "wattcast-bootstrap"
+
+
+class RabbitError(RuntimeError):
+    """A cluster that could not start or answer (one line; the node's log has more)."""
+
+
+def rabbit_available() -> bool:
+    return (RABBIT_BIN / "rabbitmq-server").exists() and (RABBIT_BIN / "rabbitmqctl").exists()
+
+
+def low_free_port(taken: set[int] | None = None) -> int:
+    """A TCP port on 127.0.0.1 in :data:`PORT_RANGE` that is free right now."""
+    taken = taken if taken is not None else set()
+    for _ in range(500):
+        port = random.randrange(*PORT_RANGE)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RabbitError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
+
+
+@dataclass
+class RabbitNode:
+    name: str  # wct-<cluster>-<k>@localhost
+    folder: Path
+    amqp_port: int
+    mqtt_port: int
+    dist_port: int
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://127.0.0.1:{self.amqp_port}"
+
+
+@dataclass
+class RabbitCluster:
+    """``size`` RabbitMQ nodes clustered on loopback, their data under ``workdir``."""
+
+    workdir: Path
+    size: int = 3
+    users: dict[str, str] = field(default_factory=dict)  # user -> password (all permissions on vhost /)
+    plugins: tuple[str, ...] = PLUGINS
+    start_timeout: float = 180.0
+    nodes: list[RabbitNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.tag = secrets.token_hex(3)
+        self.admin = ("wattcast-admin", secrets.token_urlsafe(18))
+        self._epmd_port = 0
+
+    # -- the environment every command of this cluster runs with ----------------------
+    def _env(self, node: RabbitNode | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(self.workdir),  # the cluster's Erlang cookie: $HOME/.erlang.cookie
+            ERL_EPMD_PORT=str(self._epmd_port),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
+        if node is not None:
+            env.update(
+                RABBITMQ_NODENAME=node.name,
+                RABBITMQ_MNESIA_BASE=str(node.folder / "mnesia"),
+                RABBITMQ_LOG_BASE=str(node.folder / "log"),
+                RABBITMQ_CONFIG_FILE=str(node.folder / "rabbitmq.conf"),
+                RABBITMQ_ENABLED_PLUGINS_FILE=str(node.folder / "enabled_plugins"),
+                RABBITMQ_CONF_ENV_FILE=str(node.folder / "rabbitmq-env.conf"),
+                RABBITMQ_PID_FILE=str(node.folder / "pid"),
+                RABBITMQ_DIST_PORT=str(node.dist_port),
+            )
+        return env
+
+    def ctl(self, node: RabbitNode, *args: str, timeout: float = 120.0) -> str:
+        """``rabbitmqctl -n NODE args...``; RabbitError with its last line if it fails."""
+        try:
+            r = subprocess.run(
+                [str(RABBIT_BIN / "rabbitmqctl"), "-n", node.name, *args],
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise RabbitError(f"rabbitmqctl {' '.join(args[:2])} on {node.name}: no answer in {timeout:.0f} s") from None
+        if r.returncode != 0:
+            why = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or ["?"]
+            raise RabbitError(f"rabbitmqctl {' '.join(args[:2])} on {node.name} failed: {why[0]}")
+        return r.stdout
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> RabbitCluster:
+        if not rabbit_available():
+            raise RabbitError("RabbitMQ is not installed (apt-get install rabbitmq-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cookie = self.workdir / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(20))
+        cookie.chmod(0o400)
+        taken: set[int] = set()
+        self._epmd_port = low_free_port(taken)
+        for k in range(self.size):
+            folder = self.workdir / f"node{k}"
+            node = RabbitNode(f"wct-{self.tag}-{k}@localhost", folder, *(low_free_port(taken) for _ in range(3)))
+            self._configure(node)
+            self.nodes.append(node)
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            first = self.nodes[0]
+            for node in self.nodes[1:]:  # join the first one
+                self.ctl(node, "stop_app")
+                self.ctl(node, "join_cluster", first.name)
+                self.ctl(node, "start_app")
+            user, password = self.admin
+            self.ctl(first, "add_user", user, password)
+            self.ctl(first, "set_user_tags", user, "administrator")
+            self.ctl(first, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+            self.ctl(first, "delete_user", BOOTSTRAP)
+            for name, pw in self.users.items():
+                self.add_user(name, pw)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _configure(self, node: RabbitNode) -> None:
+        for sub in ("mnesia", "log"):
+            (node.folder / sub).mkdir(parents=True, exist_ok=True)
+        (node.folder / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n"
+            f"mqtt.listeners.tcp.1 = 127.0.0.1:{node.mqtt_port}\n"
+            "mqtt.allow_anonymous = false\n"
+            # no guest: a bootstrap user with a random password, deleted once the administrator exists
+            f"default_user = {BOOTSTRAP}\n"
+            f"default_pass = {secrets.token_urlsafe(18)}\n"
+        )
+        (node.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        (node.folder / "rabbitmq-env.conf").write_text("")
+
+    def start_node(self, node: RabbitNode) -> None:
+        """Start (or start again) one node and wait until it runs."""
+        r = subprocess.run(
+            [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
+            env=self._env(node),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0:
+            raise RabbitError(f"rabbitmq-server {node.name} did not start: {r.stderr.strip()[-200:]}")
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                self.ctl(node, "await_startup", "--timeout", "30", timeout=60)
+                return
+            except RabbitError as exc:
+                if time.monotonic() > deadline:
+                    raise RabbitError(f"{exc} (log: {node.folder / 'log'})") from None
+                time.sleep(1)
+
+    def add_user(self, user: str, password: str) -> None:
+        first = self.running()[0]
+        self.ctl(first, "add_user", user, password)
+        self.ctl(first, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+
+    def running(self) -> list[RabbitNode]:
+        """The nodes whose Erlang VM answers."""
+        return [n for n in self.nodes if self._pid(n) is not None]
+
+    def _pid(self, node: RabbitNode) -> int | None:
+        try:
+            pid = int((node.folder / "pid").read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def kill(self, node: RabbitNode) -> None:
+        """SIGKILL one node (a crash)."""
+        pid = self._pid(node)
+        if pid is not None:
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 30
+            while self._pid(node) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def stop_node(self, node: RabbitNode) -> None:
+        if self._pid(node) is None:
+            return
+        try:
+            self.ctl(node, "stop", timeout=60)
+        except RabbitError:
+            self.kill(node)
+
+    def close(self) -> None:
+        """Stop every node, then the cluster's epmd."""
+        for node in reversed(self.nodes):
+            self.kill(node)  # a test cluster keeps nothing: no orderly stop needed
+        epmd = shutil.which("epmd") or "/usr/bin/epmd"
+        if self._epmd_port and os.access(epmd, os.X_OK):  # the cluster's own epmd (ERL_EPMD_PORT)
+            subprocess.run([epmd, "-kill"], env=self._env(), capture_output=True, check=False, timeout=30)
+
+    def __enter__(self) -> RabbitCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
