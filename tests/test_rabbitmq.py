@@ -12,18 +12,22 @@ import time
 import pytest
 
 from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.credentials import ACL_FILE
 from wattcast.rabbitmq import RabbitCluster, RabbitError, rabbit_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+ROLE_PASSWORDS = {u: f"{u}-pw" for u in ("simulator", "predictor-lstm", "predictor-gbm", "collector", "viewer")}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if not rabbit_available():
         pytest.skip("RabbitMQ is not installed (apt-get install rabbitmq-server)")
-    users = {"meter": "meter-pw", "viewer": "viewer-pw", "pipeline": "pipeline-pw"}
+    users = {"meter": "meter-pw", "watcher": "watcher-pw", "pipeline": "pipeline-pw"}
     c = RabbitCluster(tmp_path_factory.mktemp("rabbit"), size=3, users=users)
     c.start()
+    c.add_users_by_role(ROLE_PASSWORDS, ACL_FILE.read_text())  # the deployment's users, limited to their roles
     yield c
     c.close()
 
@@ -44,7 +48,7 @@ def test_three_nodes_form_one_cluster_of_our_own(cluster):
 
 
 def test_mqtt_published_on_one_node_reaches_a_subscriber_on_another_in_order(cluster):
-    viewer = bus(cluster, 2, "viewer", "viewer-pw", "test-viewer", session=False)
+    viewer = bus(cluster, 2, "watcher", "watcher-pw", "test-viewer", session=False)
     meter = bus(cluster, 0, "meter", "meter-pw", "test-meter", session=False)
     try:
         viewer.subscribe("wattcast/v1/+/reading", qos=1, timeout=30)
@@ -101,7 +105,7 @@ def test_a_node_killed_leaves_the_others_routing(cluster):
     victim = cluster.nodes[1]
     cluster.kill(victim)
     assert victim not in cluster.running()
-    viewer = bus(cluster, 2, "viewer", "viewer-pw", "test-viewer-2", session=False)
+    viewer = bus(cluster, 2, "watcher", "watcher-pw", "test-viewer-2", session=False)
     meter = bus(cluster, 0, "meter", "meter-pw", "test-meter-2", session=False)
     try:
         viewer.subscribe("wattcast/v1/+/end", qos=1, timeout=30)
@@ -122,3 +126,41 @@ def test_a_cluster_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(rabbitmq, "RABBIT_BIN", tmp_path / "nowhere")
     with pytest.raises(RabbitError, match="apt-get install rabbitmq-server"):
         RabbitCluster(tmp_path / "c").start()
+
+
+def test_each_deployment_user_is_held_to_its_role_as_mosquitto_does(cluster):
+    """mosquitto/acl as RabbitMQ topic permissions: a predictor cannot forge another model's forecast, a
+    viewer reads no raw reading.  Where mosquitto drops such a publish or delivers nothing to such a
+    subscription, RabbitMQ closes the connection."""
+
+    def login(user: str, cid: str) -> MqttBus:
+        return bus(cluster, 0, user, ROLE_PASSWORDS[user], cid, session=False)
+
+    collector, viewer = login("collector", "role-collector"), login("viewer", "role-viewer")
+    try:
+        collector.subscribe("wattcast/v1/+/forecast/+", qos=1, timeout=30)
+        viewer.subscribe("wattcast/v1/+/forecast/+", "wattcast/v1/+/metrics/+", qos=1, timeout=30)
+        snoop = login("viewer", "role-snoop")
+        with pytest.raises(TimeoutError):  # no SUBACK: the connection is closed
+            snoop.subscribe("wattcast/v1/+/reading", qos=1, timeout=20)
+        snoop.close()
+        forger = login("predictor-lstm", "role-forger")
+        forger.publish("wattcast/v1/h000/forecast/gbm", b"forged", qos=1)
+        assert not forger.flush(5)  # never acknowledged
+        forger.close()
+        simulator = login("simulator", "role-simulator")
+        simulator.publish("wattcast/v1/h000/reading", b"raw", qos=1)
+        assert simulator.flush(30)
+        simulator.close()
+        honest = login("predictor-gbm", "role-gbm")
+        honest.publish("wattcast/v1/h000/forecast/gbm", b"sentinel", qos=1)
+        assert honest.flush(30)
+        honest.close()
+        for who in (collector, viewer):
+            got = [who.inbox.get(timeout=60).payload]
+            while got[-1] != b"sentinel":
+                got.append(who.inbox.get(timeout=60).payload)
+            assert got == [b"sentinel"], got  # no forged forecast, and for the viewer no raw reading
+    finally:
+        collector.close()
+        viewer.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -37,6 +38,52 @@ PLUGINS = ("rabbitmq_mqtt", "rabbitmq_consistent_hash_exchange")
 #: ports are taken from here: below Linux's ephemeral range, away from the usual services
 PORT_RANGE = (20000, 32000)
 BOOTSTRAP = "wattcast-bootstrap"
+
+
+def _key_regex(mqtt_filter: str, binding: bool) -> str:
+    """An ACL topic (``+``, ``#``) as a regex over RabbitMQ routing keys (``/`` becomes ``.``).
+
+    ``binding``: the keys a subscription binds with, where a level may also be the wildcard
+    itself (``wattcast/v1/+/reading`` binds ``wattcast.v1.*.reading``)."""
+    level = r"(\*|[^.*#]+)" if binding else r"[^.*#]+"
+    parts = []
+    for part in mqtt_filter.split("/"):
+        if part == "+":
+            parts.append(level)
+        elif part == "#":
+            parts.append(r"(#|[^.]+(\.[^.]+)*(\.#)?)" if binding else r"[^.]+(\.[^.]+)*")
+        else:
+            parts.append(re.escape(part))
+    return r"\.".join(parts)
+
+
+def topic_permissions(acl: str) -> dict[str, tuple[str, str]]:
+    """mosquitto's ACL file as RabbitMQ topic permissions on ``amq.topic``: user -> (write, read) regexes.
+
+    Only ``user``/``topic`` lines are read (pattern lines and ``$SYS`` topics have no RabbitMQ twin);
+    a user without a line of a kind gets a regex that matches nothing (``^$``)."""
+    grants: dict[str, tuple[list[str], list[str]]] = {}
+    user = None
+    for raw in acl.splitlines():
+        words = raw.split("#", 1)[0].split() if not raw.strip().startswith("topic") else raw.split()
+        if not words:
+            continue
+        if words[0] == "user" and len(words) == 2:
+            user = words[1]
+            grants.setdefault(user, ([], []))
+        elif words[0] == "topic" and user is not None and len(words) in (2, 3):
+            access, topic = ("readwrite", words[1]) if len(words) == 2 else (words[1], words[2])
+            if topic.startswith("$"):
+                continue
+            if access in ("write", "readwrite"):
+                grants[user][0].append(_key_regex(topic, binding=False))
+            if access in ("read", "readwrite"):
+                grants[user][1].append(_key_regex(topic, binding=True))
+    return {u: (_any_of(w), _any_of(r)) for u, (w, r) in grants.items()}
+
+
+def _any_of(regexes: list[str]) -> str:
+    return f"^({'|'.join(regexes)})$" if regexes else "^$"
 
 
 class RabbitError(RuntimeError):
@@ -95,7 +142,7 @@ class RabbitCluster:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.tag = secrets.token_hex(3)
-        self.admin = ("wattcast-admin", secrets.token_urlsafe(18))
+        self.admin = ("wattcast-admin", secrets.token_hex(18))  # hex: a leading "-" would read as an option
         self._epmd_port = 0
 
     # -- the environment every command of this cluster runs with ----------------------
@@ -180,7 +227,7 @@ class RabbitCluster:
             "mqtt.allow_anonymous = false\n"
             # no guest: a bootstrap user with a random password, deleted once the administrator exists
             f"default_user = {BOOTSTRAP}\n"
-            f"default_pass = {secrets.token_urlsafe(18)}\n"
+            f"default_pass = {secrets.token_hex(18)}\n"
         )
         (node.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (node.folder / "rabbitmq-env.conf").write_text("")
@@ -206,10 +253,23 @@ class RabbitCluster:
                     raise RabbitError(f"{exc} (log: {node.folder / 'log'})") from None
                 time.sleep(1)
 
-    def add_user(self, user: str, password: str) -> None:
+    def add_user(self, user: str, password: str, topics: tuple[str, str] | None = None) -> None:
+        """A user of vhost ``/``; with ``topics`` (write, read regexes over routing keys, as
+        :func:`topic_permissions` makes them) it may publish and bind on ``amq.topic`` only there."""
         first = self.running()[0]
         self.ctl(first, "add_user", user, password)
-        self.ctl(first, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        if topics is None:
+            self.ctl(first, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        else:  # MQTT only: its own subscription queues and amq.topic, nothing else of the vhost
+            own = r"^(amq\.topic|mqtt-subscription-.*)$"
+            self.ctl(first, "set_permissions", "-p", "/", user, r"^mqtt-subscription-.*$", own, own)
+            self.ctl(first, "set_topic_permissions", "-p", "/", user, "amq.topic", *topics)
+
+    def add_users_by_role(self, passwords: dict[str, str], acl: str) -> None:
+        """Every user of ``passwords`` limited to its role in mosquitto's ACL file (``acl``: its text)."""
+        roles = topic_permissions(acl)
+        for user, password in passwords.items():
+            self.add_user(user, password, roles.get(user, ("^$", "^$")))
 
     def running(self) -> list[RabbitNode]:
         """The nodes whose Erlang VM answers."""
