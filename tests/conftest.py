@@ -37,10 +37,22 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI (CI={os.environ['CI']!r}), which must run every test: {reason}"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI=true does too)")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # The edit loop's default: the tests marked slow (a RabbitMQ cluster, a browser, whole deployments,
+    # the full data set) run with --slow, in CI (CI=true) or when -m names what to run.
+    if _in_ci() or config.getoption("--slow") or config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture
