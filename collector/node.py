@@ -350,10 +350,12 @@ class CollectorNode:
             "lag_ms_max": float(lags.max()) if lags.size else None,
             "finished_at": time.time(),
         }
+        # the final metrics (MQTT, /metrics) before the store says finished: whoever sees it finished
+        # finds the same figures everywhere (a scrape right after read none under load, in CI once)
+        self.publish_metrics({(st.run, h, m) for h, m in keys})
         self.store.finish_run(st.run, stats)
         self.store.set_meta("collector_stats", stats)  # of the run finished last
         self.store.commit()
-        self.publish_metrics({(st.run, h, m) for h, m in keys})
         self.dirty = {k for k in self.dirty if k[0] != st.run}
         st.finished = True
         self.scored[st.run], self.conflicts[st.run] = list(st.missing), st.conflicts
