@@ -97,18 +97,39 @@ class LiveTable:
             text += f", {rate:,.0f}/s, ETA {eta}"
         return text
 
+    def follow(self, run: str) -> bool:
+        """Is ``run`` the one shown?  False for an earlier run's late message; a new run id starts
+        the table afresh (and is shown from then on)."""
+        if run == self.run:
+            return True
+        if run in self.past_runs:
+            return False
+        if self.run is not None:
+            self.past_runs.add(self.run)
+        self.run = run
+        self.metrics.clear()
+        self._counted.clear()
+        self._samples.clear()
+        return True
+
+    def progress_of(self, house: str, seq: int, houses: int, total: int) -> None:
+        """The collector has stored minute ``seq`` up to ``house`` (houses go h000, h001, ... each minute)."""
+        k = int(house[1:]) if house[1:].isdigit() else houses - 1
+        self.set_progress(min(total, seq * houses + k + 1), total)
+
+    def node_state(self, node: str, heard: bool = False) -> str:
+        """online, offline, or silent: a retained online status of a node gone long ago (an earlier
+        run) is not shown as online; ``heard``: its status came live, so its node was there."""
+        s = self.nodes[node]
+        if s.state != "online":
+            return "offline"
+        return "online" if heard or (s.ts or 0) >= self.wall() - FRESH_STATUS_S else "silent"
+
     def update(self, m: Metrics) -> bool:
         """Take one metrics message; False if it is older than the one already held (redelivery) or
         of an earlier run.  The table follows the newest run: a new run id starts it afresh."""
-        if m.run != self.run:
-            if m.run in self.past_runs:
-                return False  # an earlier run's late metrics
-            if self.run is not None:
-                self.past_runs.add(self.run)
-            self.run = m.run
-            self.metrics.clear()
-            self._counted.clear()
-            self._samples.clear()
+        if not self.follow(m.run):
+            return False  # an earlier run's late metrics
         key = (m.house, m.model)
         old = self.metrics.get(key)
         if old is not None and (m.as_of, m.n) < (old.as_of, old.n):
@@ -204,10 +225,9 @@ class LiveTable:
         if lines:
             out.append(f"rolling MSE = last {window} min of meter time; unmatched = no reading at the target")
         if self.nodes:
-            # a retained online status of a node gone long ago (an earlier run) is not shown as online
-            fresh = self.wall() - FRESH_STATUS_S
-            online = sorted(n for n, s in self.nodes.items() if s.state == "online" and (s.ts or 0) >= fresh)
-            stale = sum(1 for s in self.nodes.values() if s.state == "online") - len(online)
+            states = {n: self.node_state(n) for n in self.nodes}
+            online = sorted(n for n, state in states.items() if state == "online")
+            stale = sum(1 for state in states.values() if state == "silent")
             offline = len(self.nodes) - len(online) - stale
             names = ", ".join(online)
             out.append(

@@ -261,7 +261,7 @@ def serve(
             break
     if checkpoints is not None and checkpoints.held:
         checkpoints.commit()
-    if not getattr(bus, "connected", True):
+    if not bus.connected:
         # Stopping without a broker (it is gone too): waiting for it to come back would hold a
         # SIGTERM for over a minute (publish waits up to 60 s to reconnect). No final status then:
         # viewers see the node's last online status age out; what was not acknowledged comes back

@@ -292,14 +292,6 @@ class RabbitCluster:
             while self._pid(node) is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
 
-    def stop_node(self, node: RabbitNode) -> None:
-        if self._pid(node) is None:
-            return
-        try:
-            self.ctl(node, "stop", timeout=60)
-        except RabbitError:
-            self.kill(node)
-
     def close(self) -> None:
         """Stop every node, then the cluster's epmd."""
         for node in reversed(self.nodes):

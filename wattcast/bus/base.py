@@ -23,6 +23,11 @@ class Message:
 class Bus(Protocol):
     inbox: queue.Queue[Message]
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (a bus without one always is)."""
+        ...
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
     def subscribe(self, *filters: str, qos: int = 1) -> None: ...

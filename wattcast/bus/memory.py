@@ -45,6 +45,8 @@ class MemoryBus:
         self.filters: list[str] = []
         self.published: list[Message] = []
 
+    connected = True  # an in-process hub is never away
+
     def wants(self, topic: str) -> bool:
         return any(topic_matches(f, topic) for f in self.filters)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from statistics import median
 from typing import Any
 
-from wattcast.contract import FRESH_STATUS_S, Forecast, Metrics, Progress, Reading, Status
+from wattcast.contract import Forecast, Metrics, Progress, Reading, Status
 from wattcast.live import LiveTable
 
 #: the baseline that skill is measured against
@@ -105,16 +105,11 @@ class DashboardState:
 
     def _current(self, run: str) -> bool:
         """Is ``run`` the one shown?  A reading of a newer run than the metrics' starts it."""
-        table = self.table
-        if run == table.run:
-            return True
-        if run in table.past_runs:
+        before = self.table.run
+        if not self.table.follow(run):
             return False
-        if table.run is not None:
-            table.past_runs.add(table.run)
-        table.run = run
-        table.metrics.clear()
-        self._reset_run()
+        if self.table.run != before:
+            self._reset_run()
         return True
 
     def _metrics(self, m: Metrics) -> None:
@@ -170,11 +165,8 @@ class DashboardState:
     def _progress(self, p: Progress) -> None:
         if p.houses:
             self.houses_total = p.houses
-        if not self.planned:
-            return
-        # the collector has handled minute ``seq`` up to this house (houses go h000, h001, ... each minute)
-        k = int(p.house[1:]) if p.house[1:].isdigit() else self.houses_total - 1
-        self.table.set_progress(min(self.planned, p.seq * self.houses_total + k + 1), self.planned)
+        if self.planned:
+            self.table.progress_of(p.house, p.seq, self.houses_total, self.planned)
 
     # -- snapshots (the web server's threads) -----------------------------------------
     def houses(self) -> list[str]:
@@ -189,6 +181,7 @@ class DashboardState:
         with self._lock:
             now = self.clock()
             lines = self.table.lines(now)
+            latency = {m: round(1000 * median(v), 1) for m, v in self.latency.items() if v}
             base = next((x.mse for x in lines if x.model == BASELINE), None)
             models = [
                 {
@@ -202,7 +195,7 @@ class DashboardState:
                     "unmatched": x.unmatched,
                     "pending": x.pending,
                     "window_s": x.window_s,
-                    "latency_ms": round(1000 * median(self.latency[x.model]), 1) if self.latency.get(x.model) else None,
+                    "latency_ms": latency.get(x.model),
                 }
                 for x in lines
             ]
@@ -223,7 +216,7 @@ class DashboardState:
                 },
                 "houses": houses,
                 "house": self._house_json(house, window_minutes) if house else None,
-                "nodes": self._nodes_json(),
+                "nodes": self._nodes_json(latency),
                 "rejected": self.rejected,
                 "sampled": self.sampled,
             }
@@ -249,22 +242,16 @@ class DashboardState:
             "forecasts": {m: [f.get(ts) for ts in targets] for m, f in sorted(forecasts.items())},
         }
 
-    def _nodes_json(self) -> list[dict[str, Any]]:
-        fresh = self.wall() - FRESH_STATUS_S
-        out = []
-        for name, s in sorted(self.table.nodes.items()):
-            online = s.state == "online" and ((s.ts or 0) >= fresh or name in self.heard)
-            out.append(
-                {
-                    "node": name,
-                    "role": s.role,
-                    "model": s.model,
-                    "state": "online" if online else ("silent" if s.state == "online" else "offline"),
-                    "age_s": round(self.wall() - s.ts, 1) if s.ts else None,
-                    "counters": dict(s.counters or {}),
-                    "latency_ms": (
-                        round(1000 * median(self.latency[s.model]), 1) if s.model and self.latency.get(s.model) else None
-                    ),
-                }
-            )
-        return out
+    def _nodes_json(self, latency: dict[str, float]) -> list[dict[str, Any]]:
+        return [
+            {
+                "node": name,
+                "role": s.role,
+                "model": s.model,
+                "state": self.table.node_state(name, heard=name in self.heard),
+                "age_s": round(self.wall() - s.ts, 1) if s.ts else None,
+                "counters": dict(s.counters or {}),
+                "latency_ms": latency.get(s.model) if s.model else None,
+            }
+            for name, s in sorted(self.table.nodes.items())
+        ]

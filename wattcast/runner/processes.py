@@ -63,9 +63,7 @@ class Watcher:
             elif isinstance(msg, Metrics) and self.view is not None:
                 self.view.update(msg)
             elif isinstance(msg, Progress) and self.view is not None and self.total:
-                # the collector has stored minute seq up to this house (houses go h000, h001, ... each minute)
-                k = int(msg.house[1:]) if msg.house[1:].isdigit() else self.houses - 1
-                self.view.table.set_progress(min(self.total, msg.seq * self.houses + k + 1), self.total)
+                self.view.table.progress_of(msg.house, msg.seq, self.houses, self.total)
 
     def wait_offline(self, nodes: list[str], timeout: float) -> None:
         """Give stopped nodes a moment for their final status (with their final counters) to arrive."""
