@@ -31,7 +31,9 @@ from wattcast.node import EXIT_INCOMPLETE
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m collector", description="Match forecasts to readings and score them.")
     p.add_argument(
-        "--store", default=env_default(ENV_STORE, "wattcast.db"), help=f"SQLite file (env {ENV_STORE}; default %(default)s)"
+        "--store",
+        default=env_default(ENV_STORE, "wattcast.db"),
+        help=f"SQLite file or postgresql:// URL (env {ENV_STORE}, which keeps a password out of ps; default %(default)s)",
     )
     models = env_default(ENV_MODELS)
     p.add_argument(

@@ -139,7 +139,7 @@ class CollectorNode:
         rows = state.restore(self.store, self.models)
         if rows:
             self.stats.counters["restored"] += rows
-            log.info("collector: restored %d readings and forecasts of run %s from %s", rows, run, self.store.path)
+            log.info("collector: restored %d readings and forecasts of run %s from %s", rows, run, self.store.shown)
         else:
             log.info("collector: run %s started", run)
         return state  # the store notes the run with its first row

@@ -135,3 +135,35 @@ def split():
 def val(split):
     """Its validation part (a DataFrame: what the simulator replays)."""
     return split.val
+
+
+#: the PostgreSQL server the store tests create their databases on (the machine's own; trust auth on loopback)
+POSTGRES_ADMIN_URL = os.environ.get("WATTCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url():
+    """The URL of a fresh PostgreSQL database of this test's own, dropped at teardown (with its connections)."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'wattcast[cluster]')")
+    name = f"wattcast_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_ADMIN_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a store goes: an SQLite file, then a PostgreSQL database (the same tests run on both back-ends)."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    return request.getfixturevalue("postgres_url")

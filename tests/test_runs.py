@@ -130,8 +130,8 @@ def score(store: Store, run: str) -> tuple[int, float]:
     return row["n"], row["mse"]
 
 
-def test_the_collector_scores_two_runs_into_one_store_apart(tmp_path):
-    store = Store(tmp_path / "c.db")
+def test_the_collector_scores_two_runs_into_one_store_apart(store_location):
+    store = Store(store_location)
     node = CollectorNode(MemoryHub().connect(), store, ("persistence",), drain_s=60)
     node.handle(replay("r1", 40))
     assert node.tick() and node.missing == []
@@ -150,36 +150,36 @@ def test_the_collector_scores_two_runs_into_one_store_apart(tmp_path):
     assert {m.run for m in metrics} == {"r1", "r2"}
 
 
-def test_a_restarted_collector_waits_for_a_new_run_instead_of_ending_at_once(tmp_path):
-    store = Store(tmp_path / "c.db")
+def test_a_restarted_collector_waits_for_a_new_run_instead_of_ending_at_once(store_location):
+    store = Store(store_location)
     first = CollectorNode(MemoryHub().connect(), store, ("persistence",))
     first.handle(replay("r1", 40))
     assert first.tick()
     store.close()
     # docker compose up again: the store holds a finished run; the new process has scored nothing yet
-    store = Store(tmp_path / "c.db")
+    store = Store(store_location)
     again = CollectorNode(MemoryHub().connect(), store, ("persistence",))
     assert not again.runs and not again.tick()
     again.handle(replay("r2", 30))
     assert again.tick() and list(again.scored) == ["r2"]
-    assert score(store, "r1") == score(Store(tmp_path / "c.db"), "r1")
+    assert score(store, "r1") == score(Store(store_location), "r1")
     assert score(store, "r2")[0] == expected_mse(30)[0]
 
 
-def test_a_collector_restarted_mid_run_goes_on_with_that_run(tmp_path):
-    store = Store(tmp_path / "c.db")
+def test_a_collector_restarted_mid_run_goes_on_with_that_run(store_location):
+    store = Store(store_location)
     whole = replay("r1", 40)
     CollectorNode(MemoryHub().connect(), store, ("persistence",)).handle(whole[:30])
     store.close()
-    store = Store(tmp_path / "c.db")
+    store = Store(store_location)
     again = CollectorNode(MemoryHub().connect(), store, ("persistence",))
     assert list(again.runs) == ["r1"] and not again.finished  # restored, not scored yet
     again.handle(whole[20:])  # redelivery and the rest
     assert again.tick() and score(store, "r1") == expected_mse(40)
 
 
-def test_a_late_message_of_a_finished_run_is_scored_into_that_run(tmp_path):
-    store = Store(tmp_path / "c.db")
+def test_a_late_message_of_a_finished_run_is_scored_into_that_run(store_location):
+    store = Store(store_location)
     node = CollectorNode(MemoryHub().connect(), store, ("persistence",), drain_s=0.0)
     whole = replay("r1", 40)
     late = whole[45]  # a forecast the broker delivered after the end (a re-send)
@@ -192,8 +192,8 @@ def test_a_late_message_of_a_finished_run_is_scored_into_that_run(tmp_path):
     assert score(store, "r1") == expected_mse(40) and store.missing("r1", ["persistence"]) == []
 
 
-def test_the_collector_fails_a_run_it_scored_incomplete_or_conflicting(tmp_path):
-    node = CollectorNode(MemoryHub().connect(), Store(tmp_path / "c.db"), ("persistence",), drain_s=0.0)
+def test_the_collector_fails_a_run_it_scored_incomplete_or_conflicting(store_location):
+    node = CollectorNode(MemoryHub().connect(), Store(store_location), ("persistence",), drain_s=0.0)
     whole = replay("r1", 20)
     node.handle(whole[:5] + whole[6:])  # reading 5 lost
     node.handle([msg(reading("r1", 3, 99.0))])  # a conflicting reading
@@ -239,38 +239,38 @@ def test_the_simulator_paces_itself_on_its_own_run_only(val):
 # -------------------------------------------------------------------------- reading a run
 
 
-def two_run_store(tmp_path, val) -> tuple[Store, list[str]]:
+def two_run_store(location, val) -> tuple[Store, list[str]]:
     """A store with two replays of 200 minutes through persistence and linear (memory bus)."""
-    store = Store(tmp_path / "two.db")
+    store = Store(location)
     pipeline = MemoryPipeline(store, ("persistence", "linear"))
     return store, [pipeline.replay(val.iloc[:limit]) for limit in (200, 120)]
 
 
-def test_scores_and_report_show_one_run_the_newest_by_default(tmp_path, val):
-    store, (r1, r2) = two_run_store(tmp_path, val)
+def test_scores_and_report_show_one_run_the_newest_by_default(tmp_path, store_location, val):
+    store, (r1, r2) = two_run_store(store_location, val)
     store.close()
     for run, limit in ((r1, 200), (r2, 120)):
         preds, targets = stream_forecasts(load_model("linear"), val.iloc[:limit])
         expected = float(np.mean((preds - targets) ** 2))
-        got = scores_from_store(tmp_path / "two.db", ["persistence", "linear"], 1, run)
+        got = scores_from_store(store_location, ["persistence", "linear"], 1, run)
         assert got["run"] == run and got["missing"] == []
         assert got["models"]["linear"]["n"] == len(targets) and math.isclose(got["models"]["linear"]["mse"], expected)
-        data = load_report_data(tmp_path / "two.db", run=run)
+        data = load_report_data(store_location, run=run)
         row = next(r for r in data.aggregate if r.model == "linear")
         assert data.facts["run"] == run and row.n == len(targets) and math.isclose(row.mse, expected)
         assert data.facts["readings"] == limit
-    assert scores_from_store(tmp_path / "two.db")["run"] == r2
-    assert load_report_data(tmp_path / "two.db").facts["run"] == r2
-    lines = list_runs(tmp_path / "two.db")
+    assert scores_from_store(store_location)["run"] == r2
+    assert load_report_data(store_location).facts["run"] == r2
+    lines = list_runs(store_location)
     assert [line.split()[0] for line in lines] == [r1, r2] and lines[-1].endswith("(newest)")
     with pytest.raises(ValueError, match="holds no run 'nope'"):
-        load_report_data(tmp_path / "two.db", run="nope")
+        load_report_data(store_location, run="nope")
 
 
-def test_report_and_runs_commands_take_a_run(tmp_path, val):
-    store, (r1, r2) = two_run_store(tmp_path, val)
+def test_report_and_runs_commands_take_a_run(tmp_path, store_location, val):
+    store, (r1, r2) = two_run_store(store_location, val)
     store.close()
-    db = str(tmp_path / "two.db")
+    db = str(store_location)
     cli = [sys.executable, "-m", "wattcast"]
     r = subprocess.run([*cli, "runs", "--db", db], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r1 in r.stdout and r2 in r.stdout, r.stderr
@@ -312,7 +312,7 @@ def test_a_store_of_layout_2_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path)
     old = tmp_path / "v2.db"
     con = sqlite3.connect(old)
     layout2 = SCHEMA.replace(READING_COLUMNS, ", ".join(f"{f} REAL NOT NULL" for f in READING_FIELDS))
-    con.executescript(layout2.replace("PRAGMA user_version = 3", "PRAGMA user_version = 2"))
+    con.executescript(layout2 + "PRAGMA user_version = 2;")
     con.execute("INSERT INTO readings VALUES ('r1', 'h000', 60, 0, 1, 2, 3, 4, 5, 6, 7, NULL, 1.5)")
     con.commit()
     with pytest.raises(sqlite3.IntegrityError):  # what layout 2 refuses

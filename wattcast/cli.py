@@ -36,6 +36,13 @@ def _models_dir(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def _store_location(value: str) -> str | Path:
+    """A store given on the command line: a ``postgresql://`` URL as it is, else an SQLite file."""
+    from wattcast.store.database import is_postgres
+
+    return value if is_postgres(value) else Path(value)
+
+
 # ----------------------------------------------------------------------- subcommands
 
 
@@ -149,7 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from wattcast.report import build_report
 
-    paths = build_report(Path(args.db), Path(args.out), models_dir=_models_dir(args.models_dir), run=args.run)
+    paths = build_report(_store_location(args.db), Path(args.out), models_dir=_models_dir(args.models_dir), run=args.run)
     for p in paths:
         print(p)
     return 0
@@ -158,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from wattcast.report import list_runs
 
-    for line in list_runs(Path(args.db)):
+    for line in list_runs(_store_location(args.db)):
         print(line)
     return 0
 
@@ -295,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     rp = sub.add_parser("report", help="build the HTML/Markdown report from a collector store")
-    rp.add_argument("--db", required=True, help="the collector's SQLite store")
+    rp.add_argument("--db", required=True, help="the collector's store: its SQLite file or a postgresql:// URL")
     rp.add_argument("--out", required=True, help="output folder")
     rp.add_argument("--models-dir", default=env_default(ENV_MODELS_DIR), help="artifact folder (loss curves)")
     rp.add_argument(
@@ -307,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     rs = sub.add_parser("runs", help="list the runs (replays) a collector store holds")
-    rs.add_argument("--db", required=True, help="the collector's SQLite store")
+    rs.add_argument("--db", required=True, help="the collector's store: its SQLite file or a postgresql:// URL")
     rs.set_defaults(func=cmd_runs)
 
     add_viewer_commands(sub)

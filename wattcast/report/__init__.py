@@ -55,17 +55,17 @@ __all__ = [
 ]
 
 
-def build_report(db: Path, out: Path, models_dir: Path | None = None, run: str | None = None) -> list[Path]:
+def build_report(db: str | Path, out: Path, models_dir: Path | None = None, run: str | None = None) -> list[Path]:
     """Write report.html (self-contained), report.md and the PNG plots of one run (default: the
     newest) into ``out``; returns their paths.
 
     Raises FileNotFoundError / ValueError (one line) if ``db`` is not a collector store with
     forecasts of that run.
     """
-    data = load_report_data(Path(db), models_dir, run)
+    data = load_report_data(db, models_dir, run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with RunReader(Path(db), data.facts["run"]) as reader:
+    with RunReader(db, data.facts["run"]) as reader:
         images = [
             plots.plot_predicted(reader, data, out, "predicted_vs_actual.png", None),
             plots.plot_predicted(reader, data, out, "predicted_vs_actual_last500.png", plots.CLOSE_UP_MINUTES),

@@ -14,6 +14,7 @@ import numpy as np
 from wattcast.contract import MODELS
 from wattcast.scoring import Scoreboard, pooled
 from wattcast.store import RunReader, replay_run
+from wattcast.store.database import shown
 
 LSTM_MODELS = ("lstm", "lstm-augmented")
 ALL = "all"
@@ -55,7 +56,7 @@ class Cost:
 
 @dataclass
 class ReportData:
-    db: Path
+    db: str  # the store, fit to show (a URL's password hidden)
     models: list[str]
     houses: list[str]
     plot_house: str
@@ -69,7 +70,7 @@ class ReportData:
     from_summary: bool
 
 
-def list_runs(db: Path) -> list[str]:
+def list_runs(db: str | Path) -> list[str]:
     """One line per run of the store, oldest first: id, readings, scored or not (ValueError if not a store)."""
     with RunReader(db) as reader:
         return [
@@ -145,12 +146,11 @@ def _model_order(names: set[str], meta_models: list[str]) -> list[str]:
     return ordered
 
 
-def load_report_data(db: Path, models_dir: Path | None = None, run: str | None = None) -> ReportData:
+def load_report_data(db: str | Path, models_dir: Path | None = None, run: str | None = None) -> ReportData:
     """Everything the report shows of one run (default: the newest), read from the store (and the
     artifacts' metadata)."""
     from wattcast.forecasters import ArtifactError, default_models_dir, load_model
 
-    db = Path(db)
     reader = RunReader(db, run)
     run = reader.run
     try:
@@ -166,7 +166,7 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
         from_summary = bool(summary)
         rows = summary if from_summary else _rows_from_scoring(reader, window_s)
         if not rows:
-            raise ValueError(f"{db} holds no forecasts of run {run}: nothing to report (did the run start?)")
+            raise ValueError(f"{shown(db)} holds no forecasts of run {run}: nothing to report (did the run start?)")
         if not from_summary:
             notes.append(
                 "The store has no summary (the run had not finished): scores come from the matches table; "
@@ -281,7 +281,7 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
 
         first_ts, last_ts = reader.time_span()
         facts = {
-            "db": str(db),
+            "db": shown(db),
             "run": run,
             "runs": [r["run"] for r in reader.runs()],
             "houses": len(houses),
@@ -294,7 +294,7 @@ def load_report_data(db: Path, models_dir: Path | None = None, run: str | None =
             "started_at": collector_meta.get("started_at"),
         }
         return ReportData(
-            db,
+            shown(db),
             models,
             houses,
             plot_house,

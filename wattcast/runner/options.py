@@ -72,6 +72,16 @@ class RunError(RuntimeError):
     """The run could not complete (one line, shown without traceback)."""
 
 
+def sqlite_file(value: str) -> str:
+    """``--store`` of a run: a file; a run's store, logs and predictor state live together in its folder."""
+    if value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            "wattcast run keeps its store in an SQLite file; a PostgreSQL store is for the collectors of a "
+            "deployment (python -m collector --store URL), and wattcast report --db URL reads it"
+        )
+    return value
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument(
@@ -130,7 +140,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help="at max speed, readings in flight ahead of the slowest model, all houses together "
         "(at least one minute of each; default: the simulator's 10)",
     )
-    p.add_argument("--store", default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)")
+    p.add_argument(
+        "--store", type=sqlite_file, default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)"
+    )
     p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

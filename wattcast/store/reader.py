@@ -6,7 +6,6 @@ Every query of the store's tables lives here or in :mod:`wattcast.store.writer`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,14 @@ import numpy as np
 
 from wattcast.contract import Forecast, model_name
 from wattcast.scoring import Scoreboard
+from wattcast.store.database import Database, connect_postgres, connect_sqlite, is_postgres, shown
 from wattcast.store.schema import RUN_TABLES, StoreError, check_layout
 
 
-def select_run(db: sqlite3.Connection, run: str | None = None) -> str:
+def select_run(db: Database, run: str | None = None) -> str:
     """The run to read: ``run`` if the store holds it, else (None) the one seen last.
     StoreError (one line) if there is none or the store does not know ``run``."""
-    known = [r for (r,) in db.execute("SELECT run FROM main.runs ORDER BY first_seen, run")]
+    known = [r for (r,) in db.execute(f"SELECT run FROM {db.home}.runs ORDER BY first_seen, run")]
     if run is None:
         if not known:
             raise StoreError("the store holds no run yet: nothing to report (did a replay start?)")
@@ -32,38 +32,39 @@ def select_run(db: sqlite3.Connection, run: str | None = None) -> str:
     return run
 
 
-def runs(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def runs(db: Database) -> list[dict[str, Any]]:
     """Every run of the store, oldest first: run, first_seen, finished_at, readings."""
-    counts = dict(db.execute("SELECT run, COUNT(*) FROM main.readings GROUP BY run"))
+    counts = dict(db.execute(f"SELECT run, COUNT(*) FROM {db.home}.readings GROUP BY run"))
     return [
         {"run": r, "first_seen": first, "finished_at": fin, "readings": counts.get(r, 0)}
-        for r, first, fin in db.execute("SELECT run, first_seen, finished_at FROM main.runs ORDER BY first_seen, run")
+        for r, first, fin in db.execute(f"SELECT run, first_seen, finished_at FROM {db.home}.runs ORDER BY first_seen, run")
     ]
 
 
-def run_stats(db: sqlite3.Connection, run: str) -> dict[str, Any]:
+def run_stats(db: Database, run: str) -> dict[str, Any]:
     """The collector's counters of ``run``, written when it was scored ({} before)."""
-    row = db.execute("SELECT stats FROM main.runs WHERE run = ?", (run,)).fetchone()
+    row = db.execute(f"SELECT stats FROM {db.home}.runs WHERE run = ?", (run,)).fetchone()
     return json.loads(row[0]) if row and row[0] else {}
 
 
-def view_run(db: sqlite3.Connection, run: str) -> None:
+def view_run(db: Database, run: str) -> None:
     """Show ``db`` as if it held only ``run``: temporary views named like the run tables shadow them
     (SQLite looks a name up in ``temp`` first), so a reader's queries need no run filter."""
     for table in RUN_TABLES:
-        db.execute(f"DROP VIEW IF EXISTS temp.{table}")
-        db.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM main.{table} WHERE run = {_literal(run)}")
+        db.execute(f"DROP VIEW IF EXISTS {db.temp}.{table}")
+        db.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {db.home}.{table} WHERE run = {_literal(run)}")
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def replay_run(db: sqlite3.Connection, run: str, board: Scoreboard, models: Iterable[str] | None = None) -> int:
+def replay_run(db: Database, run: str, board: Scoreboard, models: Iterable[str] | None = None) -> int:
     """Feed what the store holds of ``run`` (its readings, and the forecasts of ``models``; default:
     all) into ``board``, the collector's own matching rule (order-independent and idempotent: the
     scores come out as the collector had them).  Returns the rows taken."""
-    readings = db.execute("SELECT house, ts, seq, global_active_power FROM main.readings WHERE run = ?", (run,)).fetchall()
+    query = f"SELECT house, ts, seq, global_active_power FROM {db.home}.readings WHERE run = ?"
+    readings = db.execute(query, (run,)).fetchall()
     for house, ts, seq, value in readings:
         board.add_actual(house, ts, value)
         board.reading_seqs[house].add(seq)
@@ -71,7 +72,7 @@ def replay_run(db: sqlite3.Connection, run: str, board: Scoreboard, models: Iter
     forecasts = 0
     for house, model, version, seq, issued, target, value, sent in db.execute(
         "SELECT house, model, model_version, seq, issued_at, target_ts, value, reading_sent_at "
-        "FROM main.forecasts WHERE run = ?",
+        f"FROM {db.home}.forecasts WHERE run = ?",
         (run,),
     ):
         if wanted is None or model in wanted:
@@ -80,11 +81,29 @@ def replay_run(db: sqlite3.Connection, run: str, board: Scoreboard, models: Iter
     return len(readings) + forecasts
 
 
-def open_readonly(db: Path, run: str | None = None) -> tuple[sqlite3.Connection, str]:
-    """The store at ``db``, opened without writing to it and showing only ``run`` (default: the
-    newest; :func:`view_run`), and that run.  ValueError / FileNotFoundError with one line if it
-    is not a store of this layout or lacks the run."""
-    db = Path(db)
+def open_readonly(location: str | Path, run: str | None = None) -> tuple[Database, str]:
+    """The store at ``location`` (an SQLite file or a ``postgresql://`` URL), opened without writing
+    to it and showing only ``run`` (default: the newest; :func:`view_run`), and that run.
+    ValueError / FileNotFoundError / ConnectionError with one line if it is not a store of this
+    layout, lacks the run or cannot be reached."""
+    con = connect_postgres(str(location), autocommit=True) if is_postgres(location) else _connect_file(Path(location))
+    name = shown(location)
+    missing = {"readings", "forecasts", "matches"} - con.tables()
+    if missing:
+        con.close()
+        raise ValueError(f"{name} is not a wattcast collector store (no {', '.join(sorted(missing))} table)")
+    try:
+        check_layout(con, name)
+        run = select_run(con, run)
+        view_run(con, run)  # temporary views: every query below sees this run only
+        con.read_only()
+    except StoreError as exc:
+        con.close()
+        raise ValueError(f"{name}: {exc}" if name not in str(exc) else str(exc)) from None
+    return con, run
+
+
+def _connect_file(db: Path) -> Database:
     if not db.exists():
         raise FileNotFoundError(f"no collector store at {db}")
     if db.is_dir():
@@ -92,40 +111,24 @@ def open_readonly(db: Path, run: str | None = None) -> tuple[sqlite3.Connection,
     if db.stat().st_size == 0:
         raise ValueError(f"{db} is empty, not a collector store")
     uri = db.resolve().as_uri()
-    con = None
     for mode in ("rw", "ro"):  # rw only so that SQLite removes its -wal/-shm files on close; nothing is written
+        con = connect_sqlite(f"{uri}?mode={mode}", uri=True)
         try:
-            con = sqlite3.connect(f"{uri}?mode={mode}", uri=True)
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            break
-        except sqlite3.DatabaseError as exc:
-            if con is not None:
-                con.close()
-                con = None
+            con.tables()
+            return con
+        except con.Error as exc:
+            con.close()
             if mode == "ro" or "not a database" in str(exc) or "malformed" in str(exc):
                 raise ValueError(f"{db} is not a readable SQLite database: {exc}") from None
-    assert con is not None
-    missing = {"readings", "forecasts", "matches"} - tables
-    if missing:
-        con.close()
-        raise ValueError(f"{db} is not a wattcast collector store (no {', '.join(sorted(missing))} table)")
-    try:
-        check_layout(con, db)
-        run = select_run(con, run)
-        view_run(con, run)  # temporary views: every query below sees this run only
-        con.execute("PRAGMA query_only = ON")
-    except StoreError as exc:
-        con.close()
-        raise ValueError(f"{db}: {exc}" if str(db) not in str(exc) else str(exc)) from None
-    return con, run
+    raise AssertionError("unreachable")
 
 
 class RunReader:
     """One run of a store, read-only: the rows the report shows (``with RunReader(db, run) as r``)."""
 
-    def __init__(self, db: Path, run: str | None = None) -> None:
-        self.path = Path(db)
-        self.con, self.run = open_readonly(self.path, run)
+    def __init__(self, location: str | Path, run: str | None = None) -> None:
+        self.location = location
+        self.con, self.run = open_readonly(location, run)
 
     def __enter__(self) -> RunReader:
         return self
@@ -139,7 +142,7 @@ class RunReader:
     def meta(self) -> dict[str, Any]:
         try:
             return {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta")}
-        except sqlite3.DatabaseError:
+        except self.con.Error:
             return {}
 
     def runs(self) -> list[dict[str, Any]]:

@@ -17,10 +17,10 @@ One store holds any number of runs (replays); every row names its run.  Tables
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from wattcast.contract import READING_FIELDS
+from wattcast.store.database import Database, sql_types
 
 #: ``PRAGMA user_version`` of this layout (2: every row names its run; 3: a reading's measurements
 #: other than global active power may be NULL, for meters that do not measure them)
@@ -68,8 +68,33 @@ CREATE TABLE IF NOT EXISTS summary (
     PRIMARY KEY (run, house, model)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = {LAYOUT};
 """
+
+#: the columns of each table that keep one row of its kind: an upsert's conflict target
+KEYS = {
+    "ends": ("run", "house"),
+    "nodes": ("node",),
+    "summary": ("run", "house", "model"),
+    "meta": ("key",),
+}
+
+
+def create_tables(db: Database) -> None:
+    """The tables of this layout, where they are missing (in the database's own types), and the layout's number."""
+    db.executescript(SCHEMA if db.dialect == "sqlite" else sql_types(SCHEMA))
+    db.set_layout(LAYOUT)
+
+
+def replace_sql(table: str, columns: tuple[str, ...]) -> str:
+    """``INSERT`` a row of ``table`` or, where its key (:data:`KEYS`) is taken, overwrite that row: in the
+    SQL both SQLite and PostgreSQL speak (``ON CONFLICT ... DO UPDATE``)."""
+    key = KEYS[table]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
 
 #: the tables whose rows belong to one run
 RUN_TABLES = ("readings", "forecasts", "matches", "ends", "summary", "rejections")
@@ -79,14 +104,14 @@ class StoreError(ValueError):
     """A file that is not a store of this layout (one line, for the user)."""
 
 
-def check_layout(db: sqlite3.Connection, path: Path | str, upgrade: bool = False) -> None:
+def check_layout(db: Database, path: Path | str, upgrade: bool = False) -> None:
     """StoreError if ``db`` holds a collector store of another layout (an older wattcast).
 
     Layout 2 differs only in its readings' NOT NULL measurements: a reader reads it as
     it is, a writer (``upgrade``) rebuilds its readings table in one transaction.
     """
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    version = db.layout()
+    tables = db.tables()
     if "readings" in tables and version == 2:
         if upgrade:
             _upgrade_2_to_3(db)
@@ -98,9 +123,9 @@ def check_layout(db: sqlite3.Connection, path: Path | str, upgrade: bool = False
         )
 
 
-def _upgrade_2_to_3(db: sqlite3.Connection) -> None:
+def _upgrade_2_to_3(db: Database) -> None:
     """Layout 2 to 3: the readings table again, with nullable measurements (rows copied as they are)."""
-    with db:
+    with db.con:  # layout 2 was SQLite's only
         db.execute("ALTER TABLE readings RENAME TO readings_layout2")
         db.execute(
             "CREATE TABLE readings (run TEXT NOT NULL, house TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL, "
@@ -108,4 +133,4 @@ def _upgrade_2_to_3(db: sqlite3.Connection) -> None:
         )
         db.execute("INSERT INTO readings SELECT * FROM readings_layout2")
         db.execute("DROP TABLE readings_layout2")
-        db.execute(f"PRAGMA user_version = {LAYOUT}")
+        db.set_layout(LAYOUT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,31 +10,48 @@ from typing import Any
 
 from wattcast.contract import READING_FIELDS, EndOfStream, Forecast, Metrics, Reading, Status
 from wattcast.scoring import Match
+from wattcast.store.database import Database, connect_postgres, connect_sqlite, is_postgres, shown
 from wattcast.store.reader import run_stats, select_run
-from wattcast.store.schema import SCHEMA, StoreError, check_layout
+from wattcast.store.schema import StoreError, check_layout, create_tables, replace_sql
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path))
+    """A collector's store at ``location``: an SQLite file (made with its folder) or a ``postgresql://`` URL."""
+
+    def __init__(self, location: str | Path) -> None:
+        self.location = location
+        self.shown = shown(location)
+        self.db: Database
+        if is_postgres(location):
+            self.db = connect_postgres(str(location))
+        else:
+            if str(location) != ":memory:":
+                Path(location).parent.mkdir(parents=True, exist_ok=True)
+            self.db = connect_sqlite(location)
         try:
-            check_layout(self.db, path, upgrade=True)
-        except StoreError:
+            check_layout(self.db, self.shown, upgrade=True)
+            if self.db.dialect == "sqlite":
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            create_tables(self.db)
+            self.db.commit()
+        except Exception:
             self.db.close()
             raise
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
         self._runs_known: set[str] = set()
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (ValueError for a PostgreSQL store)."""
+        if is_postgres(self.location):
+            raise ValueError(f"{self.shown} is a PostgreSQL store, not a file")
+        return Path(self.location)
 
     # -- writes (the caller commits once per batch) -------------------------------------
     def add_run(self, run: str) -> None:
         """Note a run (its first message); once per run and process."""
         if run not in self._runs_known:
-            self.db.execute("INSERT OR IGNORE INTO runs (run, first_seen) VALUES (?, ?)", (run, time.time()))
+            self.db.execute("INSERT INTO runs (run, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING", (run, time.time()))
             self._runs_known.add(run)
 
     def finish_run(self, run: str, stats: dict[str, Any]) -> None:
@@ -48,14 +64,15 @@ class Store:
     def add_readings(self, rows: list[tuple[Reading, float]]) -> None:
         self._note_runs({r.run for r, _ in rows})
         self.db.executemany(
-            f"INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, {', '.join('?' for _ in READING_FIELDS)}, ?, ?)",
+            f"INSERT INTO readings VALUES (?, ?, ?, ?, {', '.join('?' for _ in READING_FIELDS)}, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             [(r.run, r.house, r.ts, r.seq, *(getattr(r, f) for f in READING_FIELDS), r.sent_at, at) for r, at in rows],
         )
 
     def add_forecasts(self, rows: list[tuple[Forecast, float]]) -> None:
         self._note_runs({f.run for f, _ in rows})
         self.db.executemany(
-            "INSERT OR IGNORE INTO forecasts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO forecasts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [
                 (f.run, f.house, f.model, f.issued_at, f.model_version, f.seq, f.target_ts, f.value, f.reading_sent_at, at)
                 for f, at in rows
@@ -64,14 +81,14 @@ class Store:
 
     def add_matches(self, run: str, matches: Iterable[Match]) -> None:
         self.db.executemany(
-            "INSERT OR IGNORE INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(run, m.house, m.model, m.issued_at, m.target_ts, m.forecast, m.actual, m.error) for m in matches],
         )
 
     def add_end(self, end: EndOfStream, at: float) -> None:
         self._note_runs({end.run})
         self.db.execute(
-            "INSERT OR REPLACE INTO ends VALUES (?, ?, ?, ?, ?, ?)",
+            replace_sql("ends", ("run", "house", "readings", "last_seq", "last_ts", "received_at")),
             (end.run, end.house, end.readings, end.last_seq, end.last_ts, at),
         )
 
@@ -88,18 +105,18 @@ class Store:
             role, state, ts, counters, model = row
             s = s.after(Status(s.node, state, role, ts, json.loads(counters), model))
         self.db.execute(
-            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
+            replace_sql("nodes", ("node", "role", "state", "ts", "counters", "model")),
             (s.node, s.role, s.state, s.ts, json.dumps(s.counters or {}), s.model),
         )
 
     def set_summary(self, metrics: Iterable[Metrics]) -> None:
         self.db.executemany(
-            "INSERT OR REPLACE INTO summary VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            replace_sql("summary", ("run", "house", "model", "n", "mse", "rmse", "mae", "unmatched", "pending")),
             [(m.run, m.house, m.model, m.n, m.mse, m.rmse, m.mae, m.unmatched, m.pending) for m in metrics],
         )
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.db.execute(replace_sql("meta", ("key", "value")), (key, json.dumps(value)))
 
     def commit(self) -> None:
         self.db.commit()
@@ -150,7 +167,8 @@ class Store:
 
     def published(self, run: str) -> int:
         """Readings the simulator says it published in ``run`` (its ends)."""
-        return self.db.execute("SELECT COALESCE(SUM(readings), 0) FROM ends WHERE run = ?", (run,)).fetchone()[0]
+        query = "SELECT CAST(COALESCE(SUM(readings), 0) AS BIGINT) FROM ends WHERE run = ?"
+        return self.db.execute(query, (run,)).fetchone()[0]
 
     def missing(self, run: str, models: Iterable[str], houses: Iterable[str] = ()) -> list[str]:
         """What a finished replay should have stored and did not, one line per house (and model).
