@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from wattcast.config import (
+    ENV_CHECKPOINTS,
     ENV_MODEL,
     ENV_MODELS_DIR,
     ENV_STATE_DIR,
     Parser,
     add_node_args,
+    add_shard_args,
     broker_from_args,
     env_default,
     positive_int,
@@ -41,8 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep every house's state in <dir>/<node>.json, so that a restarted predictor goes on "
         f"exactly where it stopped (env {ENV_STATE_DIR}; default: in memory only)",
     )
+    p.add_argument(
+        "--checkpoints",
+        default=env_default(ENV_CHECKPOINTS),
+        help="keep every house's state in this store, a postgresql:// URL or an SQLite file, which every "
+        "replica of the model reads: a standby takes a shard over where the active replica stopped "
+        f"(env {ENV_CHECKPOINTS}, which keeps a password out of ps)",
+    )
     add_node_args(p, None)  # the node id defaults to predictor-<model>
-    return p.parse_args(argv)
+    add_shard_args(p)
+    args = p.parse_args(argv)
+    if args.shards is not None and args.houses:
+        p.error("--houses and --shards exclude each other: a sharded predictor serves the houses of its shards")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model, args.models_dir, mu=args.mu)
         node = args.node or f"predictor-{model.name}"
-        bus = connect(broker_from_args(args), node, "predictor", manual_ack=True, model=model.name)
-    except (ArtifactError, ConnectionError, ValueError) as exc:
+        shared = None
+        if args.checkpoints:
+            from wattcast.store.checkpoints import SharedCheckpoints
+
+            shared = SharedCheckpoints(args.checkpoints, model.name, model.version)
+        broker = broker_from_args(args)
+        bus = connect(broker, node, "predictor", manual_ack=True, model=model.name)
+    except (ArtifactError, ConnectionError, ValueError, OSError) as exc:
         print(f"predictor: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # the checkpoint store's driver errors: one line, no traceback
+        print(f"predictor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     state_path = Path(args.state_dir) / f"{node}.json" if args.state_dir else None
-    predictor = PredictorNode(bus, model, node, state_path)
+    predictor = PredictorNode(bus, model, node, state_path, shared=shared)
     try:
         predictor.checkpoint()  # a state directory that cannot be written fails now, not at the first batch
     except OSError as exc:
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bus.subscribe(
         *house_filter(args.houses, "reading"), *([ALL_ENDS] if not args.houses else house_filter(args.houses, "end"))
     )
-    logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, args.broker)
+    logging.getLogger("predictor").info("%s serving %s (%s) on %s", node, model.name, model.version, broker.url)
     try:
         serve(
             bus,
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             stop,
             max_batch=args.max_batch,
             tick=predictor.tick,
-            checkpoint=predictor.checkpoint if state_path is not None else None,
+            checkpoint=predictor.checkpoint if state_path is not None or shared is not None else None,
             model=model.name,
         )
     finally:

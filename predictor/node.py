@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from wattcast.contract import (
 )
 from wattcast.forecasters import Forecaster, Model
 from wattcast.node import NodeStats, decode_delivered
+
+if TYPE_CHECKING:
+    from wattcast.store.checkpoints import SharedCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class PredictorNode:
         node: str | None = None,
         state_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedCheckpoints | None = None,
     ) -> None:
         self.bus = bus
         self.clock = clock
@@ -97,10 +101,25 @@ class PredictorNode:
         self.state_path = Path(state_path) if state_path is not None else None
         if self.state_path is not None and self.state_path.exists():
             self.load_state()
+        #: checkpoints every replica of the model reads (a sharded deployment), and the streams
+        #: that moved on since the last save
+        self.shared = shared
+        self.unsaved: set[Stream] = set()
 
     # -- state across restarts -------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Write every stream's state to ``state_path`` (atomically: a crash leaves the old file)."""
+        """Save the state: the streams that moved on to the shared checkpoints, every stream's to
+        ``state_path`` (atomically: a crash leaves the old file)."""
+        if self.shared is not None and self.unsaved:
+            self.shared.save(
+                [
+                    (run, house, self.last_seq[(run, house)], self.houses[(run, house)].state())
+                    for run, house in self.unsaved
+                    if (run, house) in self.houses  # not of a run dropped since
+                ]
+            )
+            self.unsaved = set()
+            self.stats.counters["checkpoints"] += 1
         if self.state_path is None:
             return
         doc = {
@@ -215,6 +234,8 @@ class PredictorNode:
             self._use_run(msg.run)
         key = (msg.run, msg.house)
         last = self.last_seq.get(key)
+        if self.shared is not None and (last is None or msg.seq != last + 1):
+            last = self._adopt(key, last)
         if last is not None and msg.seq <= last:
             c["duplicates"] += 1  # QoS 1 redelivery, or a simulator sending again after a broker restart
             sent = self.sent.get(key, {}).get(msg.seq)
@@ -246,6 +267,27 @@ class PredictorNode:
         if held is not None and not held:
             del self.held[key]
             del self.held_since[key]
+
+    def _adopt(self, key: Stream, last: int | None) -> int | None:
+        """The house's shared checkpoint, where it is ahead of what this replica holds (it took the
+        house's shard over from another replica); returns the last seq now held."""
+        try:
+            saved = self.shared.load(*key) if self.shared is not None else None
+        except Exception as exc:  # a broken row or store: go on with what this replica holds, said
+            self.stats.counters["checkpoint_errors"] += 1
+            log.error("%s: cannot load the checkpoint of house %s of run %s: %s", self.node, key[1], key[0], exc)
+            return last
+        if saved is None or (last is not None and saved[0] <= last):
+            return last
+        seq, state = saved
+        forecaster = self.model.new_forecaster()
+        forecaster.restore(state)
+        self.houses[key], self.last_seq[key] = forecaster, seq
+        for table in (self.held, self.held_since, self.sent):
+            table.pop(key, None)  # of an older hold of this house: what they held is in the checkpoint
+        self.stats.counters["adopted"] += 1
+        log.info("%s: took over house %s of run %s at seq %d", self.node, key[1], key[0], seq)
+        return seq
 
     def _release(self, key: Stream, pending: list) -> None:
         """Go on with the held readings of stream ``key`` past their holes (counted as gaps)."""
@@ -280,6 +322,8 @@ class PredictorNode:
         if forecaster is None:
             forecaster = self.houses[key] = self.model.new_forecaster()
         forecaster.learn_one(msg)
+        if self.shared is not None:
+            self.unsaved.add(key)
         query = forecaster.query()
         if query is not None:
             pending.append((msg, query))

@@ -30,6 +30,9 @@ ENV_MODELS = "WATTCAST_MODELS"
 ENV_MODELS_DIR = "WATTCAST_MODELS_DIR"
 ENV_DATA = "WATTCAST_DATA"
 ENV_STORE = "WATTCAST_STORE"
+ENV_SHARDS = "WATTCAST_SHARDS"
+ENV_CHECKPOINTS = "WATTCAST_CHECKPOINTS"
+ENV_SERVE_SHARDS = "WATTCAST_SERVE_SHARDS"
 ENV_LOG_LEVEL = "WATTCAST_LOG_LEVEL"
 ENV_WAIT_FOR = "WATTCAST_WAIT_FOR"
 ENV_AWAIT_NODES = "WATTCAST_AWAIT_NODES"
@@ -193,7 +196,48 @@ def add_broker_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | No
 
 def broker_from_args(args: argparse.Namespace) -> BrokerConfig:
     """The broker of a node's arguments; ValueError (one line) for TLS files without an mqtts:// URL."""
-    return BrokerConfig.from_url(args.broker, args.username, args.password, args.ca_file, args.cert_file, args.key_file)
+    return BrokerConfig.from_url(
+        args.broker,
+        args.username,
+        args.password,
+        args.ca_file,
+        args.cert_file,
+        args.key_file,
+        shards=getattr(args, "shards", None),
+        serve_shards=getattr(args, "serve_shards", None),
+    )
+
+
+def shard_list(value: str) -> tuple[int, ...]:
+    """``0,2,3``: shard numbers."""
+    try:
+        shards = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shards are numbers separated by commas, got {value!r}") from None
+    if not shards:
+        raise argparse.ArgumentTypeError("name at least one shard")
+    return shards
+
+
+def add_shard_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    """A sharded node's: how many shards the deployment has, and which of them it serves."""
+    env = os.environ if env is None else env
+    shards = env.get(ENV_SHARDS)
+    serve = env.get(ENV_SERVE_SHARDS)
+    group = parser.add_argument_group("shards (RabbitMQ over AMQP; docs/scale-out.md)")
+    group.add_argument(
+        "--shards",
+        type=positive_int,
+        default=positive_int(shards) if shards else None,
+        help=f"the deployment's number of shards: houses are hashed onto them (env {ENV_SHARDS}; default: not sharded)",
+    )
+    group.add_argument(
+        "--serve-shards",
+        type=shard_list,
+        default=shard_list(serve) if serve else None,
+        help=f"the shards this node consumes, e.g. 0,1 (env {ENV_SERVE_SHARDS}; default: all); each has one "
+        "active consumer per group, the others stand by",
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:

@@ -97,8 +97,17 @@ def connect(
     session: bool = True,
     timeout: float = 15.0,
     model: str | None = None,
-) -> MqttBus:
-    """An MqttBus for ``node`` whose last will marks it offline; connected, status online."""
+) -> Bus:
+    """The bus of ``node``, connected: an MqttBus whose last will marks it offline, or for an
+    ``amqp://`` broker an AmqpBus in the consumer group of its role (``predictor-<model>``,
+    ``collector``), whose replicas share its queues (and its shards)."""
+    if broker.amqp:
+        from wattcast.bus.amqp import AmqpBus
+
+        group = None
+        if session and role in ("predictor", "collector"):
+            group = f"predictor-{model}" if role == "predictor" else role
+        return AmqpBus(broker, client_id=f"wattcast-{node}", group=group, manual_ack=manual_ack).connect(timeout)
     will = (status_topic(node), status(node, role, "offline", model=model).to_json())
     bus = MqttBus(broker, client_id=f"wattcast-{node}", session=session, will=will, manual_ack=manual_ack)
     bus.connect(timeout)

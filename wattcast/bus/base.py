@@ -58,6 +58,8 @@ def topic_matches(pattern: str, topic: str) -> bool:
 
 #: URL scheme -> (TLS, default port)
 SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+#: AMQP 0-9-1 (RabbitMQ): the sharded deployment's nodes (wattcast.bus.amqp)
+AMQP_SCHEMES = {"amqp": (False, 5672), "amqps": (True, 5671)}
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ class BrokerConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    #: AMQP (RabbitMQ) instead of MQTT: an ``amqp://`` URL
+    amqp: bool = False
+    #: AMQP: the deployment's number of shards (houses hashed onto them), and the shards this node
+    #: serves (default: all); None: the node is not sharded
+    shards: int | None = None
+    serve_shards: tuple[int, ...] | None = None
 
     @classmethod
     def from_url(
@@ -89,16 +97,31 @@ class BrokerConfig:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        shards: int | None = None,
+        serve_shards: tuple[int, ...] | None = None,
     ) -> BrokerConfig:
-        """``mqtt://[user:pass@]host[:port]``, ``mqtts://...`` for TLS (or plain ``host:port``)."""
+        """``mqtt://[user:pass@]host[:port]``, ``mqtts://...`` for TLS (or plain ``host:port``);
+        ``amqp://...`` for RabbitMQ over AMQP, where ``shards`` may partition the houses."""
         if "://" not in url:
             url = "mqtt://" + url
         u = urlparse(url)
-        if u.scheme not in SCHEMES:
-            raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://host:port, or mqtts:// for TLS)")
+        if u.scheme not in SCHEMES and u.scheme not in AMQP_SCHEMES:
+            raise ValueError(
+                f"unsupported broker URL scheme {u.scheme!r} "
+                "(use mqtt://host:port, mqtts:// for TLS, or amqp:// for RabbitMQ)"
+            )
         if not u.hostname:
             raise ValueError(f"broker URL without a host: {url!r}")
-        tls, default_port = SCHEMES[u.scheme]
+        amqp = u.scheme in AMQP_SCHEMES
+        tls, default_port = AMQP_SCHEMES[u.scheme] if amqp else SCHEMES[u.scheme]
+        if (shards is not None or serve_shards is not None) and not amqp:
+            raise ValueError("--shards and --serve-shards need a RabbitMQ broker over AMQP (amqp://host:port)")
+        if serve_shards is not None:
+            if shards is None:
+                raise ValueError("--serve-shards needs --shards (the deployment's number of shards)")
+            wrong = [k for k in serve_shards if not 0 <= k < shards]
+            if wrong:
+                raise ValueError(f"--serve-shards {wrong[0]}: shards are numbered 0 to {shards - 1}")
         files = {"--ca-file": ca_file, "--cert-file": cert_file, "--key-file": key_file}
         given = [flag for flag, path in files.items() if path]
         if given and not tls:
@@ -114,8 +137,12 @@ class BrokerConfig:
             ca_file=ca_file or None,
             cert_file=cert_file or None,
             key_file=key_file or None,
+            amqp=amqp,
+            shards=shards,
+            serve_shards=tuple(serve_shards) if serve_shards is not None else None,
         )
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        scheme = ("amqps" if self.tls else "amqp") if self.amqp else ("mqtts" if self.tls else "mqtt")
+        return f"{scheme}://{self.host}:{self.port}"

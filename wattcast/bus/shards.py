@@ -1,0 +1,98 @@
+"""Houses in shards on RabbitMQ: the exchanges, bindings and queues of a sharded deployment.
+
+Meters publish MQTT; RabbitMQ's MQTT plugin routes each message through ``amq.topic``
+with the topic as routing key (``/`` becomes ``.``).  From there:
+
+* ``wattcast.houses`` (type ``x-consistent-hash``) gets every reading and hashes its
+  routing key, that is its house (``wattcast.v1.<house>.reading``), onto a ring of the
+  shards: each shard ``k`` is a fanout exchange ``wattcast.shard.<k>`` bound to the ring
+  with the same weight, so a house always lands in the same shard as long as the number
+  of shards stays the same (changing it moves houses: it is fixed when the deployment is
+  set up, and ``wattcast.houses`` carries it as an argument a different count cannot
+  redeclare).
+* every end of stream goes to every shard (its routing key names another leaf, so it
+  would hash elsewhere); RabbitMQ keeps one publisher's order per queue, so a shard has
+  all of a house's readings before the end that follows them.
+* a consumer group (``predictor-<model>``, ``collector``) has one quorum queue per shard,
+  ``wattcast.<group>.shard.<k>``, replicated on the cluster's nodes and consumed by a single
+  active consumer: the group's replicas all consume it, one gets its messages in order, the
+  others stand by and take over (with the unacknowledged messages) when it goes.
+
+``declare_*`` take a pika ``BlockingChannel`` and are idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wattcast.contract import ALL_ENDS, ALL_READINGS
+
+#: the exchange the MQTT plugin publishes to and binds MQTT subscriptions on
+TOPIC_EXCHANGE = "amq.topic"
+#: the consistent-hash ring of the shards
+RING = "wattcast.houses"
+#: points of each shard on the ring (weight-1 bindings left one of 4 shards empty with 8 houses)
+WEIGHT = 100
+#: the houses' filters a sharded subscription takes from its shard queues instead of amq.topic
+SHARDED = (ALL_READINGS, ALL_ENDS)
+
+
+def routing_key(topic: str) -> str:
+    """An MQTT topic as an AMQP routing key, as the MQTT plugin maps it."""
+    return topic.replace("/", ".")
+
+
+def topic_of(routing_key: str) -> str:
+    return routing_key.replace(".", "/")
+
+
+def binding_key(mqtt_filter: str) -> str:
+    """An MQTT topic filter as a topic exchange's binding key (``+`` is ``*``; ``#`` stays)."""
+    return ".".join("*" if part == "+" else part for part in mqtt_filter.split("/"))
+
+
+def shard_exchange(shard: int) -> str:
+    return f"wattcast.shard.{shard}"
+
+
+def shard_queue(group: str, shard: int) -> str:
+    return f"wattcast.{group}.shard.{shard}"
+
+
+def group_queue(group: str) -> str:
+    """The durable queue of a group that is not sharded (its subscriptions survive its restarts)."""
+    return f"wattcast.{group}"
+
+
+def queue_arguments(single_active: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    if single_active:
+        args["x-single-active-consumer"] = True
+    return args
+
+
+def declare_ring(channel: Any, shards: int) -> None:
+    """The ring, the ``shards`` shard exchanges and their bindings (a different count: a channel error)."""
+    channel.exchange_declare(RING, "x-consistent-hash", durable=True, arguments={"x-wattcast-shards": shards})
+    channel.exchange_bind(RING, TOPIC_EXCHANGE, routing_key=binding_key(ALL_READINGS))
+    for k in range(shards):
+        channel.exchange_declare(shard_exchange(k), "fanout", durable=True)
+        channel.exchange_bind(shard_exchange(k), RING, routing_key=str(WEIGHT))
+        channel.exchange_bind(shard_exchange(k), TOPIC_EXCHANGE, routing_key=binding_key(ALL_ENDS))
+
+
+def declare_shard_queue(channel: Any, group: str, shard: int) -> str:
+    """The quorum queue of ``group`` for ``shard`` (single active consumer), bound to its shard."""
+    name = shard_queue(group, shard)
+    channel.queue_declare(name, durable=True, arguments=queue_arguments(single_active=True))
+    channel.queue_bind(name, shard_exchange(shard))
+    return name
+
+
+def declare_group_queue(channel: Any, group: str, filters: list[str]) -> str:
+    """The durable quorum queue of an unsharded ``group``, bound to ``amq.topic`` with ``filters``."""
+    name = group_queue(group)
+    channel.queue_declare(name, durable=True, arguments=queue_arguments(single_active=True))
+    for f in filters:
+        channel.queue_bind(name, TOPIC_EXCHANGE, routing_key=binding_key(f))
+    return name
