@@ -14,6 +14,7 @@ from wattcast.config import (
     ENV_STORE,
     Parser,
     add_node_args,
+    add_shard_args,
     broker_from_args,
     env_default,
     model_name_arg,
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"under PREFIX (default {DEFAULT_PREFIX}; env {ENV_HA_DISCOVERY}); remove them with wattcast ha-discovery --remove",
     )
     add_node_args(p, "collector")
+    add_shard_args(p)
     return p.parse_args(argv)
 
 
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     try:
         store = Store(args.store)
-        bus = connect(broker_from_args(args), args.node, "collector", manual_ack=True)
+        broker = broker_from_args(args)
+        bus = connect(broker, args.node, "collector", manual_ack=True)
     except Exception as exc:  # OSError, ConnectionError, sqlite3.Error and friends: one line, no traceback
         if exporter is not None:
             exporter.close()
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         args.node,
         exporter,
         args.ha_discovery,
+        sharded=broker.shards is not None,
     )
     bus.subscribe(ALL_READINGS, ALL_FORECASTS, ALL_ENDS, ALL_STATUS)
 

@@ -16,59 +16,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from collector.runs import RunState
 from wattcast.bus import Bus, Message
 from wattcast.contract import MODELS, EndOfStream, Forecast, MessageError, Progress, Reading, Status, model_name
 from wattcast.homeassistant import discovery_messages
 from wattcast.node import NodeStats, decode_delivered
 from wattcast.scoring import Conflict, Scoreboard
-from wattcast.store import Store, replay_run
+from wattcast.store import Store
 
 if TYPE_CHECKING:
     from collector.prometheus import Exporter
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CollectorNode", "RunState"]
+
 #: an idle collector sends its newest progress again after this many seconds, at most this often
 PROGRESS_RESEND_S = 0.5
 PROGRESS_RESENDS = 3
-
-
-class RunState:
-    """What the collector holds of one run (one replay): its scoreboard, its ends, how far it is."""
-
-    def __init__(self, run: str, window_s: int) -> None:
-        self.run = run
-        self.board = Scoreboard(window_s, run)
-        self.ends: dict[str, EndOfStream] = {}
-        self.finished = False
-        self.missing: list[str] = []
-        self.conflicts = 0
-        #: a message of this run arrived since the collector started (a restored run may get none)
-        self.active = False
-        self.newest: Reading | None = None  # the newest reading stored
-        self.complete_sent = -1  # Scoreboard.complete when the last Progress was sent
-        self.last_progress = time.monotonic()
-
-    def restore(self, store: Store, models: tuple[str, ...]) -> int:
-        """Rebuild the scores from what the store holds of this run; returns the rows taken.
-
-        Matching is order-independent and idempotent, so replaying the stored readings and
-        forecasts gives the state the collector had; the broker's persistent session then
-        delivers what arrived while it was down.
-        """
-        rows = replay_run(store.db, self.run, self.board, models)
-        self.ends = {e.house: e for e in store.run_ends(self.run)}
-        self.finished = store.is_finished(self.run)
-        return rows
-
-    def ended(self, models: tuple[str, ...]) -> bool:
-        """Every announced house has the forecast of its last reading from every model."""
-        if not self.ends:
-            return False
-        if not set(self.board.actuals) <= set(self.ends):
-            return False
-        seqs = self.board.forecast_seqs
-        return all(seqs[(h, m)].newest >= self.ends[h].last_seq for h in self.ends for m in models)
 
 
 class CollectorNode:
@@ -92,8 +57,12 @@ class CollectorNode:
         node: str = "collector",
         exporter: Exporter | None = None,
         ha_prefix: str | None = None,
+        sharded: bool = False,
     ) -> None:
         self.bus = bus
+        #: one of several collectors, each scoring the houses of its shards (see :meth:`owns`)
+        self.sharded = sharded
+        self.reconnects_seen = 0
         #: Home Assistant discovery prefix (--ha-discovery): sensors announced per house, on its first reading
         self.ha_prefix = ha_prefix
         self.ha_announced: set[str] = set()
@@ -119,7 +88,7 @@ class CollectorNode:
         self.progress_at = 0.0
         self.progress_resends = 0
         self.started = time.time()
-        for run in store.unfinished_runs():  # a restarted collector goes on with what it was scoring
+        for run in [] if sharded else store.unfinished_runs():  # a restarted collector goes on with what it scored
             self.run_state(run)
         store.set_meta("collector", {"models": list(self.models), "window_s": window_s, "started_at": self.started})
         store.commit()
@@ -136,7 +105,7 @@ class CollectorNode:
             if self.exporter is not None:
                 self.exporter.forget(old)
         state = self.runs[run] = RunState(run, self.window_s)
-        rows = state.restore(self.store, self.models)
+        rows = 0 if self.sharded else state.restore(self.store, self.models)  # sharded: shard by shard (owns)
         if rows:
             self.stats.counters["restored"] += rows
             log.info("collector: restored %d readings and forecasts of run %s from %s", rows, run, self.store.shown)
@@ -176,6 +145,12 @@ class CollectorNode:
         touched: dict[str, RunState] = {}  # the runs of this batch
         advanced: set[str] = set()  # ... that got a new reading or forecast
         fresh_readings: set[str] = set()  # ... that got a new reading
+        new_shards: list[tuple[str, str, int]] = []
+        if self.sharded and self.bus.reconnects != self.reconnects_seen:
+            # a lost connection may have lost shards to another collector meanwhile: read them again
+            self.reconnects_seen = self.bus.reconnects
+            for st in self.runs.values():
+                st.restored_shards.clear()
         for message in batch:
             c["received"] += 1
             try:
@@ -198,6 +173,9 @@ class CollectorNode:
                 continue
             st = touched.get(msg.run) or self.run_state(msg.run)
             touched[msg.run] = st
+            if message.shard is not None and not self.owns(st, msg, message.shard, new_shards):
+                c["ends_elsewhere"] += 1  # the end of a house of another shard (ends go to every shard)
+                continue
             st.active = True
             if isinstance(msg, Reading):
                 try:
@@ -239,6 +217,7 @@ class CollectorNode:
                 st.ends[msg.house] = msg
                 self.store.add_end(msg, message.received_at)
                 st.finished = False
+        self.store.add_house_shards(new_shards)
         self.store.add_readings(readings)
         self.store.add_forecasts(forecasts)
         for run, done in matches.items():
@@ -260,6 +239,19 @@ class CollectorNode:
                 st.finished = False  # scored already: something new arrived late, score it again
         now = time.time()
         self.lags.extend(now - m.received_at for m in batch if m.received_at)
+
+    def owns(self, st: RunState, msg: Reading | Forecast | EndOfStream, shard: int, new: list) -> bool:
+        """Sharded: whether ``msg`` is of a house scored here.  A reading or forecast is (its shard queue
+        holds its house's); an end of stream, which goes to every shard, only for a house of ``shard``.
+        A shard's first message here (this collector took it over) restores its houses from the store."""
+        if shard not in st.restored_shards:
+            self.stats.counters["restored"] += st.restore_shard(self.store, self.models, shard)
+        if isinstance(msg, EndOfStream):
+            return st.shard_of.get(msg.house) == shard
+        if msg.house not in st.shard_of:
+            st.shard_of[msg.house] = shard
+            new.append((st.run, msg.house, shard))
+        return True
 
     def announce(self, house: str) -> None:
         """Home Assistant discovery configs of ``house``'s sensors (retained; see wattcast.homeassistant)."""
@@ -335,7 +327,7 @@ class CollectorNode:
         final = [st.board.metrics(h, m) for h, m in sorted(keys)]
         self.store.set_summary(final)
         # what the simulator says it published and this store does not hold: a loss, never silent
-        st.missing = self.store.missing(st.run, self.models, st.ends)
+        st.missing = self.store.missing(st.run, self.models, st.ends, set(st.shard_of) if self.sharded else None)
         for line in st.missing:
             log.error("collector: run %s incomplete: the store lacks %s", st.run, line)
         lags = np.frombuffer(self.lags, dtype=np.float64) * 1000.0

@@ -129,50 +129,44 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("kill_active", [False, True], ids=["steady", "active-replica-killed"])
-def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp_path, postgres_url, kill_active):
-    """24 houses over 4 shards, 2 replicas per model on different RabbitMQ nodes, checkpoints and store in
-    PostgreSQL.  With ``kill_active`` the replica consuming every shard of ``linear`` is SIGKILLed
-    mid-replay: its standby takes the shards over from the checkpoints, and the scores are still exact."""
+@pytest.mark.parametrize("kill", [None, "predictor-linear-0", "collector-0"])
+def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp_path, postgres_url, kill):
+    """24 houses over 4 shards, 2 replicas of each model and of the collector on different RabbitMQ nodes,
+    checkpoints and store in PostgreSQL.  With ``kill``, that replica (the active consumer of every shard
+    of its group: it started first) is SIGKILLed mid-replay: its standby takes the shards over (from the
+    checkpoints, or the store), and the scores are still exactly the offline ones."""
     houses, limit, shards = 24, 120, 4
     env = {"WATTCAST_STORE": postgres_url, "WATTCAST_CHECKPOINTS": postgres_url}
-    procs: list[subprocess.Popen] = []
-    replicas: dict[str, list[subprocess.Popen]] = {m: [] for m in MODELS}
+    status_url = mqtt_url(cluster, 0)
+    procs: dict[str, subprocess.Popen] = {}
     try:
-        collector = spawn(
-            ["collector", "--broker", amqp_url(cluster, 0), "--models", *MODELS, "--exit-on-end", "--drain", "60"],
-            tmp_path / "collector.log",
-            env,
-        )
-        procs.append(collector)
-        wait_status(mqtt_url(cluster, 0), lambda s: s.node == "collector" and s.state == "online")
-        for r in range(2):  # replica 0 first: it becomes the active consumer of every shard
-            for model in MODELS:
-                node = f"predictor-{model}-{r}"
-                argv = ["predictor", "--broker", amqp_url(cluster, 1 + r), "--shards", str(shards), "--model", model]
-                p = spawn([*argv, "--node", node], tmp_path / f"{node}.log", env)
-                procs.append(p)
-                replicas[model].append(p)
-                wait_status(mqtt_url(cluster, 0), lambda s, n=node: s.node == n and s.state == "online")
+        for r in range(2):  # replicas 0 first: each becomes the active consumer of every shard of its group
+            for group in ("collector", *MODELS):
+                node = f"{group}-{r}" if group == "collector" else f"predictor-{group}-{r}"
+                argv = ["collector", "--models", *MODELS, "--exit-on-end", "--drain", "60"]
+                if group != "collector":
+                    argv = ["predictor", "--model", group]
+                argv += ["--broker", amqp_url(cluster, (r + len(procs)) % 3), "--shards", str(shards), "--node", node]
+                procs[node] = spawn(argv, tmp_path / f"{node}.log", env)
+                wait_status(status_url, lambda s, n=node: s.node == n and s.state == "online")
         sim_argv = ["simulator", "--broker", mqtt_url(cluster, 2), "--houses", str(houses), "--limit", str(limit)]
-        sim = spawn([*sim_argv, "--speed", "max", "--await-nodes", "collector"], tmp_path / "sim.log", {})
-        procs.append(sim)
-        if kill_active:
-            wait_status(
-                mqtt_url(cluster, 0),
-                lambda s: s.node == "predictor-linear-0" and (s.counters or {}).get("forecasts", 0) >= houses * limit // 3,
-            )
-            replicas["linear"][0].send_signal(signal.SIGKILL)
-            replicas["linear"][0].wait()
-        assert sim.wait(timeout=600) == 0, (tmp_path / "sim.log").read_text()[-2000:]
-        assert collector.wait(timeout=600) == 0, (tmp_path / "collector.log").read_text()[-3000:]
+        procs["simulator"] = spawn([*sim_argv, "--speed", "1200"], tmp_path / "sim.log", {})
+        if kill is not None:
+            counter = "matched" if kill.startswith("collector") else "forecasts"
+            wait_status(status_url, lambda s: s.node == kill and (s.counters or {}).get(counter, 0) >= houses * limit // 3)
+            procs[kill].send_signal(signal.SIGKILL)
+            procs[kill].wait()
+        assert procs["simulator"].wait(timeout=600) == 0, (tmp_path / "sim.log").read_text()[-2000:]
+        scorer = "collector-1" if kill == "collector-0" else "collector-0"
+        assert procs[scorer].wait(timeout=600) == 0, (tmp_path / f"{scorer}.log").read_text()[-3000:]
     finally:
-        stop_all(procs)
+        stop_all(list(procs.values()))
     store = Store(postgres_url)
     try:
         run = store.run()
         assert store.missing(run, MODELS, house_ids(houses)) == []
         got = {(r["house"], r["model"]): (r["n"], r["mse"]) for r in store.summary(run)}
+        assert set(store.house_shards(run).values()) == set(range(shards))  # every shard had houses
     finally:
         store.close()
     for k, house in enumerate(house_ids(houses)):
@@ -180,8 +174,6 @@ def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp
         for model in MODELS:
             n, mse = offline_mse(model, part)
             assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)
-    standby = (tmp_path / "predictor-linear-1.log").read_text()
-    if kill_active:
-        assert "took over house" in standby  # from the checkpoint the killed replica saved
-    else:
-        assert "took over house" not in standby
+    if kill is not None:  # its standby took over from what it had saved
+        standby, said = ("collector-1", "restored") if kill == "collector-0" else ("predictor-linear-1", "took over house")
+        assert said in (tmp_path / f"{standby}.log").read_text()

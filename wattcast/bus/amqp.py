@@ -38,6 +38,7 @@ from typing import Any
 
 from wattcast.bus import shards as topology
 from wattcast.bus.base import BrokerConfig, Message
+from wattcast.contract import ALL_FORECASTS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class AmqpBus:
             pika_log.setLevel(logging.CRITICAL)
         self._filters: list[str] = []
         self._consumed: set[str] = set()  # the filters served on the current connection
+        #: the shard of every house a shard queue delivered (a forecast for it goes to that shard)
+        self._house_shard: dict[str, int] = {}
         #: ("publish", routing key, body), ("ack", generation, tag) and ("subscribe", filters, done), in the
         #: order the node made them
         self._outbox: deque[tuple[Any, ...]] = deque()
@@ -129,14 +132,16 @@ class AmqpBus:
         ch, b = self._channel, self.broker
         filters = [f for f in filters if f not in self._consumed]
         self._consumed.update(filters)
-        acked = functools.partial(self._on_message, 1 if self.manual_ack else 0)
+        acked = functools.partial(self._on_message, 1 if self.manual_ack else 0, None)
         rest = list(filters)
         if b.shards is not None and self.group and any(f in topology.SHARDED for f in rest):
+            sharded = [f for f in rest if f in topology.SHARDED]
             rest = [f for f in rest if f not in topology.SHARDED]
             topology.declare_ring(ch, b.shards)
             for k in b.serve_shards if b.serve_shards is not None else range(b.shards):
-                name = topology.declare_shard_queue(ch, self.group, k)
-                ch.basic_consume(name, acked, auto_ack=not self.manual_ack)
+                name = topology.declare_shard_queue(ch, self.group, k, forecasts=ALL_FORECASTS in sharded)
+                on_message = functools.partial(self._on_message, 1 if self.manual_ack else 0, k)
+                ch.basic_consume(name, on_message, auto_ack=not self.manual_ack)
         if not rest:
             return
         if self.group:
@@ -146,12 +151,17 @@ class AmqpBus:
         name = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
         for f in rest:
             ch.queue_bind(name, topology.TOPIC_EXCHANGE, routing_key=topology.binding_key(f))
-        ch.basic_consume(name, functools.partial(self._on_message, 0), auto_ack=True)
+        ch.basic_consume(name, functools.partial(self._on_message, 0, None), auto_ack=True)
 
-    def _on_message(self, qos: int, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        """A delivery: ``qos`` 1 if the node acknowledges it (:meth:`ack`), 0 if the broker took it as delivered."""
+    def _on_message(self, qos: int, shard: int | None, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        """A delivery: ``qos`` 1 if the node acknowledges it (:meth:`ack`), 0 if the broker took it as
+        delivered; ``shard``: the shard queue it came from (its house's shard, noted for the forecasts)."""
         mid = (self._generation << _TAG_BITS) | method.delivery_tag
-        self.inbox.put(Message(topology.topic_of(method.routing_key), body, False, time.time(), mid, qos))
+        if shard is not None and not method.routing_key.endswith(".end"):  # an end comes to every shard
+            house = topology.house_of(method.routing_key)
+            if house is not None:
+                self._house_shard[house] = shard
+        self.inbox.put(Message(topology.topic_of(method.routing_key), body, False, time.time(), mid, qos, shard))
 
     def _pump(self) -> None:
         """Carry out what the node queued, oldest first; a publish leaves the queue once confirmed."""
@@ -163,7 +173,8 @@ class AmqpBus:
                 item = self._outbox[0]
             try:
                 if item[0] == "publish":
-                    self._channel.basic_publish(topology.TOPIC_EXCHANGE, item[1], item[2])  # returns once confirmed
+                    # returns once the broker confirmed it
+                    self._channel.basic_publish(topology.TOPIC_EXCHANGE, item[1], item[2], self._properties(item[1]))
                 elif item[0] == "subscribe":
                     self._consume(item[1])
                     item[2].set()
@@ -180,6 +191,15 @@ class AmqpBus:
                 raise
             with self._cond:
                 self._outbox.popleft()
+
+    def _properties(self, routing_key: str) -> Any:
+        """A house's forecast names the shard of its house (known from the reading it answers)."""
+        if ".forecast." not in routing_key:
+            return None
+        shard = self._house_shard.get(topology.house_of(routing_key) or "")
+        if shard is None:
+            return None
+        return self._pika.BasicProperties(headers={topology.SHARD_HEADER: str(shard)})
 
     def _loop(self) -> None:
         pika = self._pika

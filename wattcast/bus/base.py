@@ -18,10 +18,14 @@ class Message:
     #: broker packet id and QoS, for a manual acknowledgement (see ``Bus.ack``)
     mid: int = 0
     qos: int = 0
+    #: the shard (partition of the houses) it was delivered from; None where houses are not sharded
+    shard: int | None = None
 
 
 class Bus(Protocol):
     inbox: queue.Queue[Message]
+    #: connections lost (and made again) so far
+    reconnects: int
 
     @property
     def connected(self) -> bool:

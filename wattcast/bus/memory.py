@@ -46,6 +46,7 @@ class MemoryBus:
         self.published: list[Message] = []
 
     connected = True  # an in-process hub is never away
+    reconnects = 0
 
     def wants(self, topic: str) -> bool:
         return any(topic_matches(f, topic) for f in self.filters)

@@ -13,6 +13,9 @@ with the topic as routing key (``/`` becomes ``.``).  From there:
 * every end of stream goes to every shard (its routing key names another leaf, so it
   would hash elsewhere); RabbitMQ keeps one publisher's order per queue, so a shard has
   all of a house's readings before the end that follows them.
+* a forecast goes to the shard of its house: the predictor's bus knows it from the reading
+  it answers and puts it in a header, on which the headers exchange ``wattcast.forecasts``
+  routes it to the queues of that shard that take forecasts (the collectors');
 * a consumer group (``predictor-<model>``, ``collector``) has one quorum queue per shard,
   ``wattcast.<group>.shard.<k>``, replicated on the cluster's nodes and consumed by a single
   active consumer: the group's replicas all consume it, one gets its messages in order, the
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wattcast.contract import ALL_ENDS, ALL_READINGS
+from wattcast.contract import ALL_ENDS, ALL_FORECASTS, ALL_READINGS
 
 #: the exchange the MQTT plugin publishes to and binds MQTT subscriptions on
 TOPIC_EXCHANGE = "amq.topic"
@@ -33,8 +36,18 @@ TOPIC_EXCHANGE = "amq.topic"
 RING = "wattcast.houses"
 #: points of each shard on the ring (weight-1 bindings left one of 4 shards empty with 8 houses)
 WEIGHT = 100
+#: forecasts by the shard of their house (a headers exchange)
+FORECASTS = "wattcast.forecasts"
+#: the header that names a forecast's shard
+SHARD_HEADER = "x-wattcast-shard"
 #: the houses' filters a sharded subscription takes from its shard queues instead of amq.topic
-SHARDED = (ALL_READINGS, ALL_ENDS)
+SHARDED = (ALL_READINGS, ALL_ENDS, ALL_FORECASTS)
+
+
+def house_of(routing_key: str) -> str | None:
+    """The house of a house's message (``wattcast.v1.<house>.<leaf>...``), else None."""
+    parts = routing_key.split(".")
+    return parts[2] if len(parts) >= 4 and parts[0] == "wattcast" else None
 
 
 def routing_key(topic: str) -> str:
@@ -79,13 +92,18 @@ def declare_ring(channel: Any, shards: int) -> None:
         channel.exchange_declare(shard_exchange(k), "fanout", durable=True)
         channel.exchange_bind(shard_exchange(k), RING, routing_key=str(WEIGHT))
         channel.exchange_bind(shard_exchange(k), TOPIC_EXCHANGE, routing_key=binding_key(ALL_ENDS))
+    channel.exchange_declare(FORECASTS, "headers", durable=True)
+    channel.exchange_bind(FORECASTS, TOPIC_EXCHANGE, routing_key=binding_key(ALL_FORECASTS))
 
 
-def declare_shard_queue(channel: Any, group: str, shard: int) -> str:
-    """The quorum queue of ``group`` for ``shard`` (single active consumer), bound to its shard."""
+def declare_shard_queue(channel: Any, group: str, shard: int, forecasts: bool = False) -> str:
+    """The quorum queue of ``group`` for ``shard`` (single active consumer), bound to its shard:
+    its houses' readings, every end of stream and, with ``forecasts``, its houses' forecasts."""
     name = shard_queue(group, shard)
     channel.queue_declare(name, durable=True, arguments=queue_arguments(single_active=True))
     channel.queue_bind(name, shard_exchange(shard))
+    if forecasts:
+        channel.queue_bind(name, FORECASTS, arguments={"x-match": "all", SHARD_HEADER: str(shard)})
     return name
 
 

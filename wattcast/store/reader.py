@@ -59,12 +59,15 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def replay_run(db: Database, run: str, board: Scoreboard, models: Iterable[str] | None = None) -> int:
+def replay_run(
+    db: Database, run: str, board: Scoreboard, models: Iterable[str] | None = None, houses: set[str] | None = None
+) -> int:
     """Feed what the store holds of ``run`` (its readings, and the forecasts of ``models``; default:
     all) into ``board``, the collector's own matching rule (order-independent and idempotent: the
-    scores come out as the collector had them).  Returns the rows taken."""
+    scores come out as the collector had them); ``houses``: of these only (a sharded collector's).
+    Returns the rows taken."""
     query = f"SELECT house, ts, seq, global_active_power FROM {db.home}.readings WHERE run = ?"
-    readings = db.execute(query, (run,)).fetchall()
+    readings = [r for r in db.execute(query, (run,)).fetchall() if houses is None or r[0] in houses]
     for house, ts, seq, value in readings:
         board.add_actual(house, ts, value)
         board.reading_seqs[house].add(seq)
@@ -75,7 +78,7 @@ def replay_run(db: Database, run: str, board: Scoreboard, models: Iterable[str] 
         f"FROM {db.home}.forecasts WHERE run = ?",
         (run,),
     ):
-        if wanted is None or model in wanted:
+        if (wanted is None or model in wanted) and (houses is None or house in houses):
             board.add_forecast(Forecast(house, model_name(model), version, seq, issued, target, value, sent, run=run))
             forecasts += 1
     return len(readings) + forecasts

@@ -13,6 +13,7 @@ One store holds any number of runs (replays); every row names its run.  Tables
 * ``nodes(node, role, state, ts, counters, model)``: each node's newest status (``model``: a predictor's)
 * ``summary(run, house, model, n, mse, rmse, mae, unmatched, pending)``: written at end of stream
 * ``meta(key, value)``: JSON facts of the collector (window, models) and of the newest finished run
+* ``shards(run, house, shard)``: the shard of each house, where collectors are sharded (RabbitMQ)
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ CREATE TABLE IF NOT EXISTS summary (
     PRIMARY KEY (run, house, model)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    run TEXT NOT NULL, house TEXT NOT NULL, shard INTEGER NOT NULL, PRIMARY KEY (run, house)
+);
 """
 
 #: the columns of each table that keep one row of its kind: an upsert's conflict target

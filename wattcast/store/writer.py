@@ -79,6 +79,13 @@ class Store:
             ],
         )
 
+    def add_house_shards(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """(run, house, shard) of houses a sharded collector scores (a house's shard never changes)."""
+        self.db.executemany("INSERT INTO shards VALUES (?, ?, ?) ON CONFLICT DO NOTHING", list(rows))
+
+    def house_shards(self, run: str) -> dict[str, int]:
+        return dict(self.db.execute("SELECT house, shard FROM shards WHERE run = ?", (run,)).fetchall())
+
     def add_matches(self, run: str, matches: Iterable[Match]) -> None:
         self.db.executemany(
             "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -136,12 +143,14 @@ class Store:
     def run_stats(self, run: str) -> dict[str, Any]:
         return run_stats(self.db, run)
 
-    def run_ends(self, run: str) -> list[EndOfStream]:
+    def run_ends(self, run: str, houses: set[str] | None = None) -> list[EndOfStream]:
+        """The ends of stream stored of ``run`` (of ``houses`` only, if given)."""
         return [
             EndOfStream(h, n, last_seq, last_ts, run=run)
             for h, n, last_seq, last_ts in self.db.execute(
                 "SELECT house, readings, last_seq, last_ts FROM ends WHERE run = ?", (run,)
             )
+            if houses is None or h in houses
         ]
 
     def meta(self) -> dict[str, Any]:
@@ -170,14 +179,20 @@ class Store:
         query = "SELECT CAST(COALESCE(SUM(readings), 0) AS BIGINT) FROM ends WHERE run = ?"
         return self.db.execute(query, (run,)).fetchone()[0]
 
-    def missing(self, run: str, models: Iterable[str], houses: Iterable[str] = ()) -> list[str]:
+    def missing(
+        self, run: str, models: Iterable[str], houses: Iterable[str] = (), within: set[str] | None = None
+    ) -> list[str]:
         """What a finished replay should have stored and did not, one line per house (and model).
 
         Per house, the simulator's end of stream says how many readings it published; a
         predictor forecasts after every reading but a house's first (docs/contract.md).
-        ``houses``: the houses that were replayed (one whose end never arrived is named).
+        ``houses``: the houses that were replayed (one whose end never arrived is named);
+        ``within``: only these houses (a sharded collector's).
         """
         ends = dict(self.db.execute("SELECT house, readings FROM ends WHERE run = ?", (run,)))
+        if within is not None:
+            ends = {h: n for h, n in ends.items() if h in within}
+            houses = [h for h in houses if h in within]
         stored = dict(self.db.execute("SELECT house, COUNT(*) FROM readings WHERE run = ? GROUP BY house", (run,)))
         forecasts = {
             (h, m): n
