@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: a delivery's tag lives in the low bits of Message.mid, the connection it came on above them
 _TAG_BITS = 40
+#: publishes in flight (sent, not yet confirmed by the broker) at most
+MAX_UNCONFIRMED = 1000
 
 
 @dataclass
@@ -83,6 +85,10 @@ class AmqpBus:
         #: publishes the broker refused (no permission for the topic): counted, logged, dropped
         self.denied = 0
         self._last_error = "no answer"
+        self._attempts = -1
+        #: publishes sent on the current channel and not yet confirmed, by delivery tag
+        self._unconfirmed: dict[int, tuple[Any, ...]] = {}
+        self._sent = 0
 
     @property
     def connected(self) -> bool:
@@ -100,26 +106,34 @@ class AmqpBus:
             if b.cert_file:
                 ctx.load_cert_chain(b.cert_file, b.key_file)
             ssl_options = self._pika.SSLOptions(ctx, b.host)
-        return self._pika.ConnectionParameters(
-            host=b.host,
-            port=b.port,
-            credentials=creds,
-            heartbeat=b.keepalive,
-            blocked_connection_timeout=60,
-            ssl_options=ssl_options,
-            client_properties={"connection_name": self.client_id},
-            connection_attempts=1,
-            socket_timeout=10,
-        )
+        hosts = b.hosts
+        first = self._attempts % len(hosts)  # after a loss, start with the next node of the cluster
+        return [
+            self._pika.ConnectionParameters(
+                host=host,
+                port=port,
+                credentials=creds,
+                heartbeat=b.keepalive,
+                blocked_connection_timeout=60,
+                ssl_options=ssl_options,
+                client_properties={"connection_name": self.client_id},
+                connection_attempts=1,
+                socket_timeout=10,
+            )
+            for host, port in hosts[first:] + hosts[:first]
+        ]
 
     def _open(self) -> None:
+        self._attempts += 1
         conn = self._pika.BlockingConnection(self._parameters())
         try:
             channel = conn.channel()
-            channel.confirm_delivery()
+            # publisher confirms, asynchronous: BlockingChannel.confirm_delivery would wait for each one
+            channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm)
             channel.basic_qos(prefetch_count=self.prefetch)
             self._generation += 1
             self._conn, self._channel = conn, channel
+            self._sent = 0
             self._consumed = set()
             self._consume(list(self._filters))
         except BaseException:
@@ -164,33 +178,50 @@ class AmqpBus:
         self.inbox.put(Message(topology.topic_of(method.routing_key), body, False, time.time(), mid, qos, shard))
 
     def _pump(self) -> None:
-        """Carry out what the node queued, oldest first; a publish leaves the queue once confirmed."""
+        """Carry out what the node queued, oldest first.  A publish waits in ``_unconfirmed`` (by its
+        delivery tag) until the broker confirms it; at most ``MAX_UNCONFIRMED`` at a time."""
+        impl = self._channel._impl
         while True:
             with self._cond:
-                if not self._outbox:
+                if not self._outbox or (self._outbox[0][0] == "publish" and len(self._unconfirmed) >= MAX_UNCONFIRMED):
                     self._cond.notify_all()
                     return
-                item = self._outbox[0]
-            try:
-                if item[0] == "publish":
-                    # returns once the broker confirmed it
-                    self._channel.basic_publish(topology.TOPIC_EXCHANGE, item[1], item[2], self._properties(item[1]))
-                elif item[0] == "subscribe":
-                    self._consume(item[1])
-                    item[2].set()
-                elif item[1] == self._generation:  # a delivery of a lost channel comes again instead
-                    self._channel.basic_ack(item[2])
-            except self._pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 403 or item[0] != "publish":
-                    raise
-                # a topic this node may not publish to: dropped, counted and logged, never retried forever
-                self.denied += 1
-                log.error("%s: the broker refused a publish to %s: %s", self.client_id, item[1], exc.reply_text)
+                item = self._outbox.popleft()
+            if item[0] == "publish":
+                impl.basic_publish(topology.TOPIC_EXCHANGE, item[1], item[2], self._properties(item[1]))
+                self._sent += 1
                 with self._cond:
-                    self._outbox.popleft()
-                raise
-            with self._cond:
-                self._outbox.popleft()
+                    self._unconfirmed[self._sent] = item
+            elif item[0] == "subscribe":
+                self._consume(item[1])
+                item[2].set()
+            elif item[1] == self._generation:  # a delivery of a lost channel comes again instead
+                impl.basic_ack(item[2])
+
+    def _on_confirm(self, frame: Any) -> None:
+        """The broker has (ack) or could not take (nack: sent again) the publishes up to a delivery tag."""
+        m = frame.method
+        with self._cond:
+            tags = [t for t in self._unconfirmed if t <= m.delivery_tag] if m.multiple else [m.delivery_tag]
+            items = [self._unconfirmed.pop(t) for t in tags if t in self._unconfirmed]
+            if isinstance(m, self._pika.spec.Basic.Nack):
+                log.warning("%s: the broker could not take %d publishes; sending them again", self.client_id, len(items))
+                self._outbox.extendleft(reversed(items))
+            self._cond.notify_all()
+
+    def _requeue_unconfirmed(self, denied: str | None) -> None:
+        """After a lost channel: what the broker did not confirm goes out again, first and in order, but
+        for publishes to a topic it refused this node (counted, logged, dropped: never retried forever)."""
+        with self._cond:
+            items = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
+            self._unconfirmed.clear()
+            if denied is not None:
+                dropped = [i for i in items if i[1] == denied]
+                if dropped:
+                    self.denied += len(dropped)
+                    log.error("%s: the broker refused publishes to %s: dropped %d", self.client_id, denied, len(dropped))
+                items = [i for i in items if i[1] != denied]
+            self._outbox.extendleft(reversed(items))
 
     def _properties(self, routing_key: str) -> Any:
         """A house's forecast names the shard of its house (known from the reading it answers)."""
@@ -229,6 +260,8 @@ class AmqpBus:
                     if not self._stop:
                         self.reconnects += 1
                         log.warning("%s: lost %s (%s); reconnecting", self.client_id, self.broker.url, exc)
+                    denied = re.search(r"access to topic '([^']+)'", str(exc)) if "ACCESS_REFUSED" in str(exc) else None
+                    self._requeue_unconfirmed(denied.group(1) if denied else None)
                 finally:
                     self._connected.clear()
                     with contextlib.suppress(Exception):
@@ -246,6 +279,9 @@ class AmqpBus:
             if self._stop:
                 return
             self._conn.process_data_events(time_limit=1.0)
+            if self._channel.is_closed:  # closed by the broker (it says why), e.g. a refused publish
+                reason = getattr(self._channel, "_closing_reason", None)
+                raise reason if isinstance(reason, Exception) else self._pika.exceptions.ChannelClosed(0, "closed")
 
     def _wake(self) -> None:
         conn = self._conn
@@ -256,7 +292,6 @@ class AmqpBus:
     # -- Bus -----------------------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> AmqpBus:
         """Connect and start the I/O thread; ConnectionError with one clear line if that fails."""
-        self._last_error = "no answer"
         self._thread = threading.Thread(target=self._loop, name=f"amqp-{self.client_id}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self.refused is not None:
@@ -269,7 +304,7 @@ class AmqpBus:
         with self._cond:
             self._outbox.append(("publish", topology.routing_key(topic), payload))
             # flow control: the node waits while the broker confirms a backlog
-            while len(self._outbox) > 4 * self.prefetch and not self._stop:
+            while len(self._outbox) + len(self._unconfirmed) > 4 * self.prefetch and not self._stop:
                 self._cond.wait(0.5)
         if not self._batching:
             self._wake()
@@ -318,7 +353,7 @@ class AmqpBus:
         self._wake()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._outbox:
+            while self._outbox or self._unconfirmed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False

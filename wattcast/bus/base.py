@@ -91,6 +91,8 @@ class BrokerConfig:
     #: serves (default: all); None: the node is not sharded
     shards: int | None = None
     serve_shards: tuple[int, ...] | None = None
+    #: AMQP: the cluster's other nodes (``amqp://user:pw@host1:port1,host2:port2``), tried in turn
+    more_hosts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_url(
@@ -105,9 +107,11 @@ class BrokerConfig:
         serve_shards: tuple[int, ...] | None = None,
     ) -> BrokerConfig:
         """``mqtt://[user:pass@]host[:port]``, ``mqtts://...`` for TLS (or plain ``host:port``);
-        ``amqp://...`` for RabbitMQ over AMQP, where ``shards`` may partition the houses."""
+        ``amqp://...`` for RabbitMQ over AMQP, where ``shards`` may partition the houses, and several
+        nodes of a cluster may be named (``amqp://user:pw@host1:port1,host2:port2``)."""
         if "://" not in url:
             url = "mqtt://" + url
+        url, more_hosts = _more_hosts(url)
         u = urlparse(url)
         if u.scheme not in SCHEMES and u.scheme not in AMQP_SCHEMES:
             raise ValueError(
@@ -144,9 +148,31 @@ class BrokerConfig:
             amqp=amqp,
             shards=shards,
             serve_shards=tuple(serve_shards) if serve_shards is not None else None,
+            more_hosts=tuple((h, p or default_port) for h, p in more_hosts),
         )
 
     @property
     def url(self) -> str:
         scheme = ("amqps" if self.tls else "amqp") if self.amqp else ("mqtts" if self.tls else "mqtt")
-        return f"{scheme}://{self.host}:{self.port}"
+        return f"{scheme}://{','.join(f'{h}:{p}' for h, p in self.hosts)}"
+
+    @property
+    def hosts(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *self.more_hosts]
+
+
+def _more_hosts(url: str) -> tuple[str, list[tuple[str, int | None]]]:
+    """An ``amqp(s)://`` URL naming several hosts: the URL with the first, and the others (port None: default)."""
+    scheme, rest = url.split("://", 1)
+    if scheme not in AMQP_SCHEMES:
+        return url, []
+    netloc, sep, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    first, *others = hostlist.split(",")
+    more: list[tuple[str, int | None]] = []
+    for other in others:
+        host, _, port = other.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"broker URL with a bad host {other!r}: give host:port")
+        more.append((host, int(port) if port else None))
+    return f"{scheme}://{userinfo}{at}{first}{sep}{path}", more
