@@ -4,6 +4,7 @@ consumer per shard, their per-house state checkpointed in a PostgreSQL database 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -204,6 +205,8 @@ def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp
         for model in MODELS:
             n, mse = offline_mse(model, part)
             assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)
+    for node in ("collector-0", "collector-1"):  # a collector scores the houses of its shards only
+        assert " n=0 " not in (tmp_path / f"{node}.log").read_text(), node
     if kill is not None and kill != "rabbitmq-node-1":  # its standby took over from what it had saved
         standby, said = ("collector-1", "restored") if kill == "collector-0" else ("predictor-linear-1", "took over house")
         assert said in (tmp_path / f"{standby}.log").read_text()
@@ -234,3 +237,30 @@ def test_a_publish_the_broker_refuses_is_counted_and_dropped_not_retried_forever
     finally:
         bus.close()
         viewer.close()
+
+
+def test_wattcast_run_on_a_rabbitmq_cluster_scores_every_house_as_on_mosquitto(tmp_path):
+    """``wattcast run --engine rabbitmq``: a cluster of the run's own, 4 shards, 2 replicas of the collector and
+    of each model (each serving its own shards, standing by for the others): the scores of mosquitto."""
+    if not rabbit_available():
+        pytest.skip("RabbitMQ is not installed (apt-get install rabbitmq-server)")
+    common = ["--houses", "6", "--limit", "80", "--models", *MODELS, "--json", "--quiet"]
+    results = {}
+    for engine, extra in (("mosquitto", []), ("rabbitmq", ["--shards", "4", "--replicas", "2", "--cluster-nodes", "2"])):
+        store = tmp_path / engine / "w.db"
+        r = subprocess.run(
+            [sys.executable, "-m", "wattcast", "run", "--engine", engine, "--store", str(store), *common, *extra],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[engine] = json.loads(r.stdout)
+    cluster, single = results["rabbitmq"], results["mosquitto"]
+    assert cluster["engine"] == {"name": "rabbitmq", "shards": 4, "replicas": 2}
+    assert cluster["published"] == single["published"] == 480 and cluster["missing"] == []
+    by_house = {e: {(h["house"], h["model"]): (h["n"], h["mse"]) for h in res["per_house"]} for e, res in results.items()}
+    assert by_house["rabbitmq"].keys() == by_house["mosquitto"].keys()
+    for key, (n, mse) in by_house["mosquitto"].items():
+        assert by_house["rabbitmq"][key][0] == n and math.isclose(by_house["rabbitmq"][key][1], mse, rel_tol=1e-9), key

@@ -205,6 +205,7 @@ def broker_from_args(args: argparse.Namespace) -> BrokerConfig:
         args.key_file,
         shards=getattr(args, "shards", None),
         serve_shards=getattr(args, "serve_shards", None),
+        standby_shards=getattr(args, "standby_shards", None),
     )
 
 
@@ -237,6 +238,13 @@ def add_shard_args(parser: argparse.ArgumentParser, env: Mapping[str, str] | Non
         default=shard_list(serve) if serve else None,
         help=f"the shards this node consumes, e.g. 0,1 (env {ENV_SERVE_SHARDS}; default: all); each has one "
         "active consumer per group, the others stand by",
+    )
+    group.add_argument(
+        "--standby-shards",
+        type=shard_list,
+        default=None,
+        help="shards to stand by for: consumed a few seconds after --serve-shards, so that the nodes serving "
+        "them are their active consumers and this one takes over when such a node goes",
     )
 
 

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 _TAG_BITS = 40
 #: publishes in flight (sent, not yet confirmed by the broker) at most
 MAX_UNCONFIRMED = 1000
+#: a node consumes the shards it stands by for this many seconds after its own
+STANDBY_DELAY_S = 3.0
 
 
 @dataclass
@@ -152,10 +154,10 @@ class AmqpBus:
             sharded = [f for f in rest if f in topology.SHARDED]
             rest = [f for f in rest if f not in topology.SHARDED]
             topology.declare_ring(ch, b.shards)
-            for k in b.serve_shards if b.serve_shards is not None else range(b.shards):
-                name = topology.declare_shard_queue(ch, self.group, k, forecasts=ALL_FORECASTS in sharded)
-                on_message = functools.partial(self._on_message, 1 if self.manual_ack else 0, k)
-                ch.basic_consume(name, on_message, auto_ack=not self.manual_ack)
+            self._consume_shards(b.serve_shards if b.serve_shards is not None else range(b.shards), sharded)
+            if b.standby_shards:  # later: the nodes that serve them register first and are their active consumers
+                generation = self._generation
+                self._conn.call_later(STANDBY_DELAY_S, lambda: self._standby(generation, sharded))
         if not rest:
             return
         if self.group:
@@ -166,6 +168,18 @@ class AmqpBus:
         for f in rest:
             ch.queue_bind(name, topology.TOPIC_EXCHANGE, routing_key=topology.binding_key(f))
         ch.basic_consume(name, functools.partial(self._on_message, 0, None), auto_ack=True)
+
+    def _consume_shards(self, shards: Any, filters: list[str]) -> None:
+        assert self.group is not None  # a sharded subscription is a group's
+        for k in shards:
+            name = topology.declare_shard_queue(self._channel, self.group, k, forecasts=ALL_FORECASTS in filters)
+            on_message = functools.partial(self._on_message, 1 if self.manual_ack else 0, k)
+            self._channel.basic_consume(name, on_message, auto_ack=not self.manual_ack)
+
+    def _standby(self, generation: int, filters: list[str]) -> None:
+        if generation == self._generation:  # still the connection that asked
+            with self._cond:
+                self._outbox.appendleft(("standby", filters, None))
 
     def _on_message(self, qos: int, shard: int | None, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         """A delivery: ``qos`` 1 if the node acknowledges it (:meth:`ack`), 0 if the broker took it as
@@ -195,6 +209,8 @@ class AmqpBus:
             elif item[0] == "subscribe":
                 self._consume(item[1])
                 item[2].set()
+            elif item[0] == "standby":
+                self._consume_shards(self.broker.standby_shards, item[1])
             elif item[1] == self._generation:  # a delivery of a lost channel comes again instead
                 impl.basic_ack(item[2])
 

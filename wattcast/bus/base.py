@@ -91,6 +91,9 @@ class BrokerConfig:
     #: serves (default: all); None: the node is not sharded
     shards: int | None = None
     serve_shards: tuple[int, ...] | None = None
+    #: AMQP: shards this node stands by for (consumed a few seconds after its own, so that their own
+    #: nodes become their active consumers; this one takes over when such a node goes)
+    standby_shards: tuple[int, ...] = ()
     #: AMQP: the cluster's other nodes (``amqp://user:pw@host1:port1,host2:port2``), tried in turn
     more_hosts: tuple[tuple[str, int], ...] = ()
 
@@ -105,6 +108,7 @@ class BrokerConfig:
         key_file: str | None = None,
         shards: int | None = None,
         serve_shards: tuple[int, ...] | None = None,
+        standby_shards: tuple[int, ...] | None = None,
     ) -> BrokerConfig:
         """``mqtt://[user:pass@]host[:port]``, ``mqtts://...`` for TLS (or plain ``host:port``);
         ``amqp://...`` for RabbitMQ over AMQP, where ``shards`` may partition the houses, and several
@@ -124,12 +128,14 @@ class BrokerConfig:
         tls, default_port = AMQP_SCHEMES[u.scheme] if amqp else SCHEMES[u.scheme]
         if (shards is not None or serve_shards is not None) and not amqp:
             raise ValueError("--shards and --serve-shards need a RabbitMQ broker over AMQP (amqp://host:port)")
-        if serve_shards is not None:
+        for flag, listed in (("--serve-shards", serve_shards), ("--standby-shards", standby_shards)):
+            if listed is None:
+                continue
             if shards is None:
-                raise ValueError("--serve-shards needs --shards (the deployment's number of shards)")
-            wrong = [k for k in serve_shards if not 0 <= k < shards]
+                raise ValueError(f"{flag} needs --shards (the deployment's number of shards)")
+            wrong = [k for k in listed if not 0 <= k < shards]
             if wrong:
-                raise ValueError(f"--serve-shards {wrong[0]}: shards are numbered 0 to {shards - 1}")
+                raise ValueError(f"{flag} {wrong[0]}: shards are numbered 0 to {shards - 1}")
         files = {"--ca-file": ca_file, "--cert-file": cert_file, "--key-file": key_file}
         given = [flag for flag, path in files.items() if path]
         if given and not tls:
@@ -148,6 +154,7 @@ class BrokerConfig:
             amqp=amqp,
             shards=shards,
             serve_shards=tuple(serve_shards) if serve_shards is not None else None,
+            standby_shards=tuple(k for k in standby_shards or () if serve_shards is None or k not in serve_shards),
             more_hosts=tuple((h, p or default_port) for h, p in more_hosts),
         )
 

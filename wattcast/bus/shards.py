@@ -39,7 +39,7 @@ WEIGHT = 100
 #: forecasts by the shard of their house (a headers exchange)
 FORECASTS = "wattcast.forecasts"
 #: the header that names a forecast's shard
-SHARD_HEADER = "x-wattcast-shard"
+SHARD_HEADER = "wattcast-shard"  # an x- header would not be matched (RabbitMQ leaves them out)
 #: the houses' filters a sharded subscription takes from its shard queues instead of amq.topic
 SHARDED = (ALL_READINGS, ALL_ENDS, ALL_FORECASTS)
 

@@ -61,6 +61,11 @@ class RunOptions:
     timeout: float = 1800.0
     json: bool = False
     quiet: bool = False
+    #: "mosquitto" (one broker, one process per model and the collector) or "rabbitmq" (a cluster, shards)
+    engine: str = "mosquitto"
+    shards: int = 4
+    replicas: int = 1
+    cluster_nodes: int = 3
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
@@ -144,6 +149,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         "--store", type=sqlite_file, default=None, help="collector's SQLite file (default runs/<time>/wattcast.db)"
     )
     p.add_argument("--report", default=None, metavar="DIR", help="write the HTML/Markdown report here at the end")
+    scale = p.add_argument_group("past one machine (docs/scale-out.md)")
+    scale.add_argument(
+        "--engine",
+        choices=("mosquitto", "rabbitmq"),
+        default="mosquitto",
+        help="mosquitto: one broker, a process per model (default); rabbitmq: a RabbitMQ cluster of the run's own, "
+        "houses in --shards, --replicas of the collector and of each model over AMQP",
+    )
+    scale.add_argument("--shards", type=positive_int, default=4, help="rabbitmq: shards of the houses (default 4)")
+    scale.add_argument(
+        "--replicas", type=positive_int, default=1, help="rabbitmq: replicas of the collector and of each model (default 1)"
+    )
+    scale.add_argument("--cluster-nodes", type=positive_int, default=3, help="rabbitmq: nodes of the cluster (default 3)")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

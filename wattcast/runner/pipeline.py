@@ -27,6 +27,7 @@ from wattcast.contract import (
     progress_topic,
 )
 from wattcast.node import EXIT_INCOMPLETE
+from wattcast.runner.cluster import run_on_cluster
 from wattcast.runner.dashboard import linger, start_dashboard
 from wattcast.runner.options import RunError, RunOptions
 from wattcast.runner.processes import (
@@ -80,6 +81,8 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     log_dir = store_path.parent / "logs"
     log_dir.mkdir(exist_ok=True)
     try:
+        if args.engine == "rabbitmq":
+            return run_on_cluster(args, say, t0, store_path, log_dir)
         return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes)
     except StartError as exc:
         if created:

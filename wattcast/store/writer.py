@@ -33,6 +33,7 @@ class Store:
             if self.db.dialect == "sqlite":
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA busy_timeout = 30000")  # sharded collectors of one run may share the file
             create_tables(self.db)
             self.db.commit()
         except Exception:

@@ -1,0 +1,190 @@
+"""``wattcast run --engine rabbitmq``: the replay on a RabbitMQ cluster of the run's own, houses in shards.
+
+The run starts ``--cluster-nodes`` RabbitMQ nodes on loopback (:mod:`wattcast.rabbitmq`), then
+``--replicas`` collectors and as many replicas of each model, over AMQP, sharded
+(``--shards``): replica ``r`` serves the shards ``k`` with ``k % replicas == r`` and stands by
+for the others. The simulator speaks MQTT to the cluster, like a meter. The collectors share
+the run's SQLite store, the predictors their checkpoints (an SQLite file beside it).
+
+At max speed the simulator is not paced: the quorum queues take the backlog, and the replay
+lasts until every house is scored. docs/scale-out.md has the design.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from wattcast.bus import BrokerConfig, MqttBus
+from wattcast.config import ENV_BLAS_THREADS, ENV_BROKER, ENV_PASSWORD, ENV_USERNAME
+from wattcast.contract import ALL_STATUS, new_run_id
+from wattcast.runner.options import RunError, RunOptions
+from wattcast.runner.processes import Child, Interrupt, StartError, Watcher, spawn, stop_all
+from wattcast.runner.summary import scores_from_store
+
+
+def _own(shards: int, replicas: int, r: int) -> list[int]:
+    return [k for k in range(shards) if k % replicas == r]
+
+
+def _shard_args(shards: int, replicas: int, r: int) -> list[str]:
+    own = _own(shards, replicas, r)
+    others = [k for k in range(shards) if k not in own]
+    args = ["--shards", str(shards), "--serve-shards", ",".join(map(str, own))]
+    return args + (["--standby-shards", ",".join(map(str, others))] if others else [])
+
+
+def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: Path) -> dict[str, Any]:
+    from wattcast.rabbitmq import RabbitCluster, RabbitError
+
+    if args.replicas > args.shards:
+        raise RunError(f"--replicas {args.replicas} > --shards {args.shards}: a replica would serve no shard")
+    password = secrets.token_hex(16)
+    cluster = RabbitCluster(store_path.parent / "rabbitmq", size=args.cluster_nodes, users={"wattcast": password})
+    say(f"broker: starting a RabbitMQ cluster of {args.cluster_nodes} node(s) (its data in {cluster.workdir})")
+    try:
+        cluster.start()
+    except RabbitError as exc:
+        cluster.close()
+        raise StartError(str(exc)) from None
+    children: list[Child] = []
+    interrupt = Interrupt()
+    watcher_bus = None
+    try:
+        nodes = cluster.nodes
+
+        def amqp(r: int) -> str:  # replica r on node r (mod size), the others after it
+            order = nodes[r % len(nodes) :] + nodes[: r % len(nodes)]
+            return "amqp://" + ",".join(f"127.0.0.1:{n.amqp_port}" for n in order)
+
+        mqtt = f"mqtt://127.0.0.1:{nodes[0].mqtt_port}"
+        say(f"broker: RabbitMQ cluster at {amqp(0)} (MQTT at {mqtt}), {args.shards} shard(s), {args.replicas} replica(s)")
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD)}
+        env.setdefault(ENV_BLAS_THREADS, "1")
+        env.update({ENV_USERNAME: "wattcast", ENV_PASSWORD: password})  # one login here: environment, not argv
+        watcher_bus = MqttBus(
+            BrokerConfig.from_url(mqtt, "wattcast", password), f"wattcast-runner-{os.getpid()}", session=False
+        )
+        try:
+            watcher_bus.connect()
+        except ConnectionError as exc:
+            raise StartError(str(exc)) from None
+        watcher = Watcher(watcher_bus, since=time.time() - 1, houses=args.houses)
+        watcher_bus.subscribe(ALL_STATUS)
+        run_id = new_run_id()
+        checkpoints = store_path.parent / f"{store_path.stem}-checkpoints.db"
+        collectors: list[str] = []
+        predictors: dict[str, list[str]] = {m: [] for m in args.models}
+        for r in range(args.replicas):
+            node = f"collector-{r}"
+            collectors.append(node)
+            argv = ["--broker", amqp(r), *_shard_args(args.shards, args.replicas, r), "--node", node]
+            argv += ["--store", str(store_path), "--models", *args.models, "--exit-on-end", "--metrics-every", "0.5"]
+            children.append(spawn(node, "collector", argv, log_dir, env))
+            for model in args.models:
+                node = f"predictor-{model}-{r}"
+                predictors[model].append(node)
+                argv = ["--broker", amqp(r), *_shard_args(args.shards, args.replicas, r), "--node", node]
+                argv += ["--model", args.specs.get(model, model), "--checkpoints", str(checkpoints)]
+                argv += ["--models-dir", args.models_dir] if args.models_dir else []
+                children.append(spawn(node, "predictor", argv, log_dir, env))
+        waiting = [*collectors, *(n for ns in predictors.values() for n in ns)]
+        _wait_online(watcher, waiting, children, interrupt)
+        sim = ["--broker", mqtt, "--houses", str(args.houses), "--run", run_id, "--node", "simulator"]
+        sim += ["--speed", "max" if args.speed is None else str(args.speed)]
+        sim += ["--limit", str(args.limit)] if args.limit else []
+        sim += ["--data", str(args.data)] if args.data else []
+        sim += ["--fraction", str(args.fraction)] if args.fraction is not None else []
+        sim += ["--seed", str(args.seed)] + (args.columns.argv() if args.columns is not None else [])
+        startup_s = time.monotonic() - t0
+        say(f"nodes online after {startup_s:.1f} s: {len(waiting)} on {args.shards} shard(s); replaying")
+        t_replay = time.monotonic()
+        simulator = spawn("simulator", "simulator", sim, log_dir, env)
+        children.append(simulator)
+        _wait_scored(store_path, run_id, args, children, simulator, watcher, interrupt, t0)
+        replay_s = time.monotonic() - t_replay
+        stop_all(children)
+        watcher.wait_offline(waiting, timeout=5.0)
+        result = scores_from_store(store_path, list(args.models), args.houses, run_id)
+        counters = {n: dict(s.counters or {}) for n, s in sorted(watcher.statuses.items())}
+
+        def total(nodes: list[str], name: str) -> int:
+            return sum(int(counters.get(n, {}).get(name, 0)) for n in nodes)
+
+        out = {
+            "models": {m: result["models"].get(m, {"n": 0}) for m in args.models},
+            "published": result["ends"],
+            "received": total(collectors, "received"),
+            "malformed": total(collectors, "malformed") + sum(total(ns, "malformed") for ns in predictors.values()),
+            "conflicts": total(collectors, "conflicts"),
+            "missing": result["missing"],
+            "elapsed_s": round(time.monotonic() - t0, 3),
+            "startup_s": round(startup_s, 3),
+            "replay_s": round(replay_s, 3),
+            "houses": args.houses,
+            "broker": {"kind": "rabbitmq", "url": amqp(0), "nodes": args.cluster_nodes},
+            "engine": {"name": "rabbitmq", "shards": args.shards, "replicas": args.replicas},
+            "store": str(store_path),
+            "run": run_id,
+            "predictors": {
+                m: {k: total(ns, k) for k in ("received", "forecasts", "duplicates", "malformed", "adopted")}
+                for m, ns in predictors.items()
+            },
+            "nodes": counters,
+            **({"per_house": result["houses"]} if args.houses > 1 else {}),
+        }
+        if args.report:
+            from wattcast.report import build_report
+
+            models_dir = Path(args.models_dir) if args.models_dir else None
+            out["report"] = [str(p) for p in build_report(store_path, Path(args.report), models_dir=models_dir)]
+        return out
+    finally:
+        interrupt.restore()
+        stop_all(children)
+        if watcher_bus is not None:
+            watcher_bus.close()
+        cluster.close()
+
+
+def _wait_online(watcher: Watcher, nodes: list[str], children: list[Child], interrupt: Interrupt) -> None:
+    deadline = time.monotonic() + 180
+    while not all(n in watcher.started for n in nodes):
+        watcher.poll()
+        for c in children:
+            if c.proc.poll() is not None:
+                raise RunError(f"{c.name} exited with code {c.proc.returncode} at start-up: {c.tail(2)}")
+        if time.monotonic() > deadline:
+            raise RunError(f"nodes not online after 180 s: {', '.join(n for n in nodes if n not in watcher.started)}")
+        interrupt.sleep(0.05)
+
+
+def _wait_scored(store_path, run_id, args, children, simulator, watcher, interrupt, t0) -> None:
+    """Until the store holds the summary of every house and model (each written by the collector that
+    scored the house's shard), the simulator or a collector fails, or the run times out."""
+    from wattcast.store import open_readonly
+
+    want = args.houses * len(args.models)
+    while True:
+        watcher.poll()
+        if simulator.proc.poll() not in (None, 0):
+            raise RunError(f"simulator failed (code {simulator.proc.returncode}): {simulator.tail(2)}")
+        for c in children:
+            if c.name.startswith("collector") and c.proc.poll() not in (None, 0):
+                raise RunError(f"{c.name} failed (code {c.proc.returncode}): {c.tail(2)}")
+        try:
+            con, _ = open_readonly(store_path, run_id)  # read only: the collectors write it
+        except (OSError, ValueError):
+            con = None  # no store, or no row of the run yet
+        if con is not None:
+            try:
+                if con.execute("SELECT COUNT(*) FROM summary").fetchone()[0] >= want:
+                    return
+            finally:
+                con.close()
+        if time.monotonic() - t0 > args.timeout:
+            raise RunError(f"run did not finish within {args.timeout:.0f} s")
+        interrupt.sleep(0.25)
