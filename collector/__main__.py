@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 
 from wattcast.config import (
@@ -82,9 +84,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="announce every house's actual and forecast power as Home Assistant sensors (MQTT discovery, retained) "
         f"under PREFIX (default {DEFAULT_PREFIX}; env {ENV_HA_DISCOVERY}); remove them with wattcast ha-discovery --remove",
     )
-    add_node_args(p, "collector")
+    add_node_args(p, None)  # collector, or collector-<host> for a replica of a sharded deployment
     add_shard_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.node is None:  # replicas of a sharded deployment are told apart by their host (a container's own)
+        args.node = "collector" + (f"-{_host()}" if args.shards else "")
+    return args
+
+
+def _host() -> str:
+    """This replica's host: a container's own (HOSTNAME), or the machine's."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -58,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _host() -> str:
+    """This replica's host: a container's own (HOSTNAME), or the machine's."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     try:
         model = load_model(args.model, args.models_dir, mu=args.mu)
-        node = args.node or f"predictor-{model.name}"
+        # replicas of a sharded deployment are told apart by their host (a container's is its own)
+        node = args.node or f"predictor-{model.name}" + (f"-{_host()}" if args.shards else "")
         shared = None
         if args.checkpoints:
             from wattcast.store.checkpoints import SharedCheckpoints

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
@@ -122,9 +123,10 @@ def wait_status(url: str, want, timeout: float = 120.0) -> Status:
         bus.close()
 
 
-def wait_scored(store_url: str, rows: int, procs: dict[str, subprocess.Popen], logs: Path, timeout: float = 600) -> None:
+def wait_scored(store_url: str, run: str, rows: int, procs: dict[str, subprocess.Popen], logs: Path, timeout=600) -> None:
     """Until the store has the summary of every house and model of its run (written by whichever collector
-    scored the house's shard), or a collector failed."""
+    scored the house's shard), or a collector failed.  (The queues outlive a test: a collector may also
+    store what an earlier test's run left in them, so everything here names its run.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in ("collector-0", "collector-1"):
@@ -132,7 +134,7 @@ def wait_scored(store_url: str, rows: int, procs: dict[str, subprocess.Popen], l
             assert code in (None, 0, -signal.SIGKILL), (node, code, (logs / f"{node}.log").read_text()[-3000:])
         store = Store(store_url)
         try:
-            if store.count("runs") and len(store.summary()) >= rows:
+            if len(store.summary(run)) >= rows:
                 return
         finally:
             store.close()
@@ -172,8 +174,9 @@ def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp
                 argv += ["--broker", amqp_url(cluster, (r + len(procs)) % 3), "--shards", str(shards), "--node", node]
                 procs[node] = spawn(argv, tmp_path / f"{node}.log", env)
                 wait_status(status_url, lambda s, n=node: s.node == n and s.state == "online")
+        run = f"shards-{secrets.token_hex(4)}"
         sim_argv = ["simulator", "--broker", mqtt_url(cluster, 2), "--houses", str(houses), "--limit", str(limit)]
-        procs["simulator"] = spawn([*sim_argv, "--speed", "1200"], tmp_path / "sim.log", {})
+        procs["simulator"] = spawn([*sim_argv, "--run", run, "--speed", "1200"], tmp_path / "sim.log", {})
         if kill is not None:
             who, counter = ("collector-0", "matched") if kill.startswith(("collector", "rabbit")) else (kill, "forecasts")
             wait_status(status_url, lambda s: s.node == who and (s.counters or {}).get(counter, 0) >= houses * limit // 3)
@@ -184,7 +187,7 @@ def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp
                 procs[kill].wait()
         assert procs["simulator"].wait(timeout=600) == 0, (tmp_path / "sim.log").read_text()[-2000:]
         # the collectors that score the shards finish (which ones: those active when the ends came)
-        wait_scored(postgres_url, houses * len(MODELS), procs, tmp_path)
+        wait_scored(postgres_url, run, houses * len(MODELS), procs, tmp_path)
         for node in ("collector-0", "collector-1"):
             code = procs[node].poll()
             assert code in (None, 0) or (node == kill and code == -signal.SIGKILL), (node, code)
@@ -194,7 +197,6 @@ def test_sharded_replicas_score_every_house_exactly_as_offline(cluster, val, tmp
             cluster.start_node(cluster.nodes[1])
     store = Store(postgres_url)
     try:
-        run = store.run()
         assert store.missing(run, MODELS, house_ids(houses)) == []
         got = {(r["house"], r["model"]): (r["n"], r["mse"]) for r in store.summary(run)}
         assert set(store.house_shards(run).values()) == set(range(shards))  # every shard had houses
@@ -264,3 +266,109 @@ def test_wattcast_run_on_a_rabbitmq_cluster_scores_every_house_as_on_mosquitto(t
     assert by_house["rabbitmq"].keys() == by_house["mosquitto"].keys()
     for key, (n, mse) in by_house["mosquitto"].items():
         assert by_house["rabbitmq"][key][0] == n and math.isclose(by_house["rabbitmq"][key][1], mse, rel_tol=1e-9), key
+
+
+def test_declared_shards_keep_what_meters_publish_before_any_node_runs(cluster):
+    """``wattcast shards`` declares the ring and every group's shard queues up front: readings published
+    before any predictor runs wait there (RabbitMQ drops a message no queue is bound for); the shard count
+    cannot change afterwards (one clear line)."""
+    cli = [sys.executable, "-m", "wattcast", "shards", "--broker", amqp_url(cluster, 0), "--models", "declared"]
+    r = subprocess.run([*cli, "--shards", "4"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and "declared 4 shard(s)" in r.stdout, r.stderr
+    meter = MqttBus(BrokerConfig.from_url(mqtt_url(cluster, 1)), "early-meter", session=False).connect(timeout=60)
+    try:
+        for seq in range(2):
+            for h in house_ids(8):
+                meter.publish(f"wattcast/v1/{h}/reading", b"%d" % seq, qos=1)
+        assert meter.flush(60)
+    finally:
+        meter.close()
+    cfg = BrokerConfig.from_url(amqp_url(cluster, 2), shards=4)
+    late = AmqpBus(cfg, "late-predictor", group="predictor-declared", manual_ack=True).connect(timeout=60)
+    try:
+        late.subscribe(ALL_READINGS, ALL_ENDS, timeout=60)
+        got = []
+        while len(got) < 16:
+            m = late.inbox.get(timeout=60)
+            late.ack(m)
+            got.append((m.topic, m.payload))
+        assert sorted(got) == sorted((f"wattcast/v1/{h}/reading", b"%d" % s) for s in range(2) for h in house_ids(8))
+    finally:
+        late.close()
+    r = subprocess.run([*cli, "--shards", "3"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "another number of shards than 3" in lines[0], r.stderr
+
+
+def test_the_cluster_compose_services_run_as_processes_and_score_as_offline(cluster, val, tmp_path, postgres_url):
+    """docker-compose.cluster.yml without a Docker engine: its one-shot ``shards``, then two replicas of the
+    collector and of two models' predictors and the simulator, each its service's command and environment
+    (.env values of the test; hosts mapped to this cluster and a PostgreSQL database of the test's own)."""
+    from test_compose import depends_on, environment, interpolate, load_yaml
+
+    compose = load_yaml(REPO / "docker-compose.cluster.yml")
+    services = compose["services"]
+    assert {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3", "postgres", "shards", "collector", "simulator"} <= set(services)
+    assert depends_on(services["simulator"]) == {"shards": "service_completed_successfully"}
+    for name in ("collector", *(f"predictor-{m}" for m in ("lstm", "lstm-augmented", "gbm", "gbm-history", "rls"))):
+        assert services[name]["deploy"]["replicas"] == "${WATTCAST_REPLICAS:-2}" and "shards" in depends_on(services[name])
+    conf = (REPO / "rabbitmq" / "wattcast.conf").read_text()
+    assert "mqtt.allow_anonymous = false" in conf
+    password, houses, limit = secrets.token_hex(12), 8, 60
+    cluster.add_user("wattcast", password)  # the file's one login
+    dotenv = {
+        "WATTCAST_RABBITMQ_PASSWORD": password,
+        "WATTCAST_RABBITMQ_COOKIE": "unused-here",
+        "WATTCAST_POSTGRES_PASSWORD": "unused-here",
+        "WATTCAST_MODELS": ",".join(MODELS),
+        "WATTCAST_HOUSES": str(houses),
+        "WATTCAST_SPEED": "1200",
+    }
+    hosts = {f"rabbitmq-{k + 1}:5672": f"127.0.0.1:{n.amqp_port}" for k, n in enumerate(cluster.nodes)}
+    hosts["rabbitmq-1:1883"] = f"127.0.0.1:{cluster.nodes[0].mqtt_port}"
+
+    def service_env(name: str, replica: int = 0) -> dict[str, str]:
+        env = {k: interpolate(v, dotenv) for k, v in environment(services[name]).items()}
+        for k, v in env.items():
+            if v.startswith("postgresql://"):
+                env[k] = postgres_url
+            for host, here in hosts.items():
+                env[k] = env[k].replace(host, here)
+        return {**env, "HOSTNAME": f"replica-{replica}"}
+
+    def command(name: str) -> list[str]:
+        argv = [interpolate(a, dotenv) for a in services[name]["command"]]
+        return argv[2:] if argv[0] == "python" else ["wattcast", *argv[1:]]  # python -m <module> / wattcast ...
+
+    shards = spawn(command("shards"), tmp_path / "shards.log", service_env("shards"))
+    assert shards.wait(timeout=120) == 0, (tmp_path / "shards.log").read_text()[-2000:]
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for replica in range(2):
+            for name in ("collector", *(f"predictor-{m}" for m in MODELS)):
+                procs[f"{name}-{replica}"] = spawn(
+                    command(name), tmp_path / f"{name}-{replica}.log", service_env(name, replica)
+                )
+        run = f"compose-{secrets.token_hex(4)}"
+        sim = [*command("simulator"), "--limit", str(limit), "--run", run]
+        procs["simulator"] = spawn(sim, tmp_path / "sim.log", service_env("simulator"))
+        assert procs["simulator"].wait(timeout=600) == 0, (tmp_path / "sim.log").read_text()[-2000:]
+        wait_scored(
+            postgres_url,
+            run,
+            houses * len(MODELS),
+            {"collector-0": procs["collector-0"], "collector-1": procs["collector-1"]},
+            tmp_path,
+        )
+    finally:
+        stop_all(list(procs.values()))
+    store = Store(postgres_url)
+    try:
+        assert store.missing(run, MODELS, house_ids(houses)) == []
+        got = {(r["house"], r["model"]): (r["n"], r["mse"]) for r in store.summary(run)}
+    finally:
+        store.close()
+    for k, house in enumerate(house_ids(houses)):
+        for model in MODELS:
+            n, mse = offline_mse(model, house_part(val, houses, k, limit))
+            assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)

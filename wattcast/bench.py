@@ -41,6 +41,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=None, help="use this broker instead of a private one")
     p.add_argument("--window", type=positive_int, default=None, help="simulator flow-control window (default: its own)")
     p.add_argument("--out", default="bench.json", help="JSON file to write (default %(default)s)")
+    p.add_argument(
+        "--engine",
+        choices=("mosquitto", "rabbitmq"),
+        default="mosquitto",
+        help="rabbitmq: the houses scenario on a RabbitMQ cluster of 3 nodes for each --shards count (one replica "
+        "per shard), next to the same on mosquitto (docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--shards", type=positive_int, nargs="+", default=[1, 2, 4], help="rabbitmq: shard counts (default 1 2 4)"
+    )
 
 
 def latency_and_lag(db: Path) -> dict[str, Any]:
@@ -69,7 +79,10 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     from wattcast.runner import RunOptions, run
 
     houses, limit = (1, None) if name == "default" else (args.houses, args.minutes)
+    shards = int(name.split("-")[1]) if name.startswith("rabbitmq-") else None
+    cluster = {"engine": "rabbitmq", "shards": shards, "replicas": shards} if shards else {}
     ns = RunOptions(
+        **cluster,  # type: ignore[arg-type]
         broker=args.broker,
         models=args.models,
         houses=houses,
@@ -98,6 +111,13 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
         if "rss_kb" in c
     }
     readings = result["published"]
+    if "replay_cpu_s" in result:  # the cluster engine: CPU per reading during the replay, nodes and broker
+        nodes_cpu = sum(result["replay_cpu_s"].values())
+        figures["cpu_per_reading_ms"] = {
+            "nodes": round(1000 * nodes_cpu / readings, 3),
+            "broker": round(1000 * result["broker"]["replay_cpu_s"] / readings, 3),
+        }
+        figures["engine"] = result["engine"]
     return {
         "houses": houses,
         "readings": readings,
@@ -120,7 +140,10 @@ def bench_command(args: argparse.Namespace) -> int:
         "scenarios": {},
     }
     with TemporaryDirectory(prefix="wattcast-bench-") as tmp:
-        for name in args.scenarios:
+        names = args.scenarios
+        if args.engine == "rabbitmq":  # the houses scenario on mosquitto, then on the cluster per shard count
+            names = ["houses", *(f"rabbitmq-{n}-shards" for n in args.shards)]
+        for name in names:
             out["scenarios"][name] = run_scenario(name, args, Path(tmp))
             print_scenario(name, out["scenarios"][name])
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
@@ -141,6 +164,9 @@ def print_scenario(name: str, s: dict[str, Any]) -> None:
             f"   {model:<15} latency p50 {p50:7.2f} ms  p99 {p99:8.2f} ms"
             f"   matched {sc.get('n')}  mse {sc.get('mse') or float('nan'):.4f}"
         )
+    if "cpu_per_reading_ms" in s:
+        cpu = s["cpu_per_reading_ms"]
+        print(f"   CPU per reading during the replay: nodes {cpu['nodes']} ms, RabbitMQ {cpu['broker']} ms ({s['engine']})")
     lag = s["collector_lag"]
     print(f"   collector lag p50 {lag.get('lag_ms_p50')} ms, p99 {lag.get('lag_ms_p99')} ms, max {lag.get('lag_ms_max')} ms")
     for node, mem in s["nodes"].items():

@@ -25,6 +25,7 @@ from wattcast.config import (
 )
 from wattcast.contract import MODELS
 from wattcast.data_commands import add_data_commands
+from wattcast.shard_commands import add_shard_commands
 from wattcast.viewer_commands import add_viewer_commands
 
 
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_runs)
 
     add_viewer_commands(sub)
+    add_shard_commands(sub)
 
     rec = sub.add_parser("record", help="capture a live MQTT stream to a file (JSON lines) for a later replay")
     add_broker_args(rec)

@@ -283,6 +283,19 @@ class RabbitCluster:
         except (OSError, ValueError):
             return None
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the running nodes' Erlang VMs have used so far (Linux /proc)."""
+        total = 0.0
+        for node in self.running():
+            pid = self._pid(node)
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
     def kill(self, node: RabbitNode) -> None:
         """SIGKILL one node (a crash)."""
         pid = self._pid(node)

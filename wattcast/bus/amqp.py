@@ -63,9 +63,7 @@ class AmqpBus:
         import pika
 
         self._pika = pika
-        pika_log = logging.getLogger("pika")
-        if pika_log.level == logging.NOTSET:  # its every failed attempt is a traceback: this bus says it in one line
-            pika_log.setLevel(logging.CRITICAL)
+        quiet_pika()
         self._filters: list[str] = []
         self._consumed: set[str] = set()  # the filters served on the current connection
         #: the shard of every house a shard queue delivered (a forecast for it goes to that shard)
@@ -258,6 +256,11 @@ class AmqpBus:
                 self.refused = f"bad user name or password ({exc})"
             except pika.exceptions.ProbableAccessDeniedError as exc:
                 self.refused = f"access denied ({exc})"
+            except topology.ShardCountError as exc:  # final: what it would consume is another deployment's
+                self.refused = str(exc)
+                log.error("%s: %s", self.client_id, exc)
+                self._ready.set()
+                return
             except pika.exceptions.ChannelClosedByBroker as exc:  # e.g. a plugin missing, no permission
                 if not self._ready.is_set():
                     self.refused = f"{exc.reply_code} {exc.reply_text}"
@@ -272,6 +275,10 @@ class AmqpBus:
                 self._ready.set()
                 try:
                     self._run()
+                except topology.ShardCountError as exc:  # a subscription made after connecting
+                    self.refused = str(exc)
+                    log.error("%s: %s", self.client_id, exc)
+                    self._stop = True
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     if not self._stop:
                         self.reconnects += 1
@@ -386,9 +393,21 @@ class AmqpBus:
             self._thread.join(timeout)
 
 
+def quiet_pika() -> None:
+    """pika logs every failed connection attempt as a traceback; wattcast says it in one line instead."""
+    pika_log = logging.getLogger("pika")
+    if pika_log.level == logging.NOTSET:  # unless someone configured it
+        pika_log.setLevel(logging.CRITICAL)
+
+
 def _why(exc: BaseException) -> str:
     """A failed connection attempt in a few words (pika nests the reason in its workflow error)."""
-    text = " ".join(str(a) for a in (exc, *getattr(exc, "args", ()))) or type(exc).__name__
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(f"{a} {a!r}" for e in chain for a in (e, *getattr(e, "args", ()))) or type(exc).__name__
     if "Connection refused" in text:
         return "connection refused"
     if "timed out" in text.lower() or "timeout" in text.lower():

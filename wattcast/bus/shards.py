@@ -8,8 +8,8 @@ with the topic as routing key (``/`` becomes ``.``).  From there:
   shards: each shard ``k`` is a fanout exchange ``wattcast.shard.<k>`` bound to the ring
   with the same weight, so a house always lands in the same shard as long as the number
   of shards stays the same (changing it moves houses: it is fixed when the deployment is
-  set up, and ``wattcast.houses`` carries it as an argument a different count cannot
-  redeclare).
+  set up, and a declaration with another count than the ring's is refused, see
+  :func:`declare_ring`).
 * every end of stream goes to every shard (its routing key names another leaf, so it
   would hash elsewhere); RabbitMQ keeps one publisher's order per queue, so a shard has
   all of a house's readings before the end that follows them.
@@ -84,12 +84,40 @@ def queue_arguments(single_active: bool) -> dict[str, Any]:
     return args
 
 
+class ShardCountError(ValueError):
+    """The cluster's ring has another number of shards than a node was given (one line)."""
+
+
+def _exists(channel: Any, exchange: str) -> bool:
+    """Whether ``exchange`` exists (a passive declaration on a channel of its own: a miss closes it)."""
+    import pika
+
+    probe = channel.connection.channel()
+    try:
+        probe.exchange_declare(exchange, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    probe.close()
+    return True
+
+
 def declare_ring(channel: Any, shards: int) -> None:
-    """The ring, the ``shards`` shard exchanges and their bindings (a different count: a channel error)."""
-    channel.exchange_declare(RING, "x-consistent-hash", durable=True, arguments={"x-wattcast-shards": shards})
+    """The ring, the ``shards`` shard exchanges and their bindings.  ShardCountError where the ring
+    exists with another count: binding more shards to it would move houses (and their state)."""
+    if _exists(channel, RING) and (
+        not _exists(channel, shard_exchange(shards - 1)) or _exists(channel, shard_exchange(shards))
+    ):
+        raise ShardCountError(
+            f"the cluster's houses are in another number of shards than {shards} (exchanges {shard_exchange(0)}...): "
+            "give the deployment's own --shards"
+        )
+    for k in range(shards):  # before the ring: whoever sees the ring finds its shards declared
+        channel.exchange_declare(shard_exchange(k), "fanout", durable=True)
+    channel.exchange_declare(RING, "x-consistent-hash", durable=True)
     channel.exchange_bind(RING, TOPIC_EXCHANGE, routing_key=binding_key(ALL_READINGS))
     for k in range(shards):
-        channel.exchange_declare(shard_exchange(k), "fanout", durable=True)
         channel.exchange_bind(shard_exchange(k), RING, routing_key=str(WEIGHT))
         channel.exchange_bind(shard_exchange(k), TOPIC_EXCHANGE, routing_key=binding_key(ALL_ENDS))
     channel.exchange_declare(FORECASTS, "headers", durable=True)

@@ -102,10 +102,14 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
         startup_s = time.monotonic() - t0
         say(f"nodes online after {startup_s:.1f} s: {len(waiting)} on {args.shards} shard(s); replaying")
         t_replay = time.monotonic()
+        # CPU before the replay (start-up): the replay's cost is what comes after
+        started_cpu = {n: watcher.counter(n, "cpu_ms") / 1000 for n in waiting}
+        broker_cpu = cluster.cpu_s()
         simulator = spawn("simulator", "simulator", sim, log_dir, env)
         children.append(simulator)
         _wait_scored(store_path, run_id, args, children, simulator, watcher, interrupt, t0)
         replay_s = time.monotonic() - t_replay
+        broker_cpu = cluster.cpu_s() - broker_cpu
         stop_all(children)
         watcher.wait_offline(waiting, timeout=5.0)
         result = scores_from_store(store_path, list(args.models), args.houses, run_id)
@@ -125,7 +129,14 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             "startup_s": round(startup_s, 3),
             "replay_s": round(replay_s, 3),
             "houses": args.houses,
-            "broker": {"kind": "rabbitmq", "url": amqp(0), "nodes": args.cluster_nodes},
+            "broker": {
+                "kind": "rabbitmq",
+                "url": amqp(0),
+                "nodes": args.cluster_nodes,
+                "replay_cpu_s": round(broker_cpu, 2),
+            },
+            # CPU of each node during the replay (its final CPU less the CPU of its start-up)
+            "replay_cpu_s": {n: round(counters.get(n, {}).get("cpu_ms", 0) / 1000 - c, 2) for n, c in started_cpu.items()},
             "engine": {"name": "rabbitmq", "shards": args.shards, "replicas": args.replicas},
             "store": str(store_path),
             "run": run_id,
