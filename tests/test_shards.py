@@ -372,3 +372,28 @@ def test_the_cluster_compose_services_run_as_processes_and_score_as_offline(clus
         for model in MODELS:
             n, mse = offline_mse(model, house_part(val, houses, k, limit))
             assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)
+
+
+def test_wattcast_run_uses_a_running_cluster_given_with_broker(cluster, val, tmp_path):
+    """``wattcast run --engine rabbitmq --broker amqp://...``: the nodes of the run on a cluster that runs
+    already (this module's, its ring of 4 shards), every house scored as offline."""
+    houses, limit = 4, 50
+    store = tmp_path / "given" / "w.db"
+    argv = ["run", "--engine", "rabbitmq", "--broker", amqp_url(cluster, 1), "--cluster-mqtt", mqtt_url(cluster, 0)]
+    argv += ["--shards", "4", "--replicas", "2", "--store", str(store), "--houses", str(houses), "--limit", str(limit)]
+    r = subprocess.run(
+        [sys.executable, "-m", "wattcast", *argv, "--models", *MODELS, "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["missing"] == [] and result["broker"]["replay_cpu_s"] is None
+    assert not (store.parent / "rabbitmq").exists()  # no cluster of its own
+    got = {(h["house"], h["model"]): (h["n"], h["mse"]) for h in result["per_house"]}
+    for k, house in enumerate(house_ids(houses)):
+        for model in MODELS:
+            n, mse = offline_mse(model, house_part(val, houses, k, limit))
+            assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)

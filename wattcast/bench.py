@@ -115,7 +115,9 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
         nodes_cpu = sum(result["replay_cpu_s"].values())
         figures["cpu_per_reading_ms"] = {
             "nodes": round(1000 * nodes_cpu / readings, 3),
-            "broker": round(1000 * result["broker"]["replay_cpu_s"] / readings, 3),
+            "broker": round(1000 * result["broker"]["replay_cpu_s"] / readings, 3)
+            if result["broker"]["replay_cpu_s"] is not None
+            else None,
         }
         figures["engine"] = result["engine"]
     return {

@@ -42,32 +42,38 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
 
     if args.replicas > args.shards:
         raise RunError(f"--replicas {args.replicas} > --shards {args.shards}: a replica would serve no shard")
-    password = secrets.token_hex(16)
-    cluster = RabbitCluster(store_path.parent / "rabbitmq", size=args.cluster_nodes, users={"wattcast": password})
-    say(f"broker: starting a RabbitMQ cluster of {args.cluster_nodes} node(s) (its data in {cluster.workdir})")
-    try:
-        cluster.start()
-    except RabbitError as exc:
-        cluster.close()
-        raise StartError(str(exc)) from None
+    cluster = None
+    if args.broker:  # a running cluster: its AMQP nodes, and its MQTT listener for the meter and the runner
+        given = BrokerConfig.from_url(args.broker, args.username, args.password)
+        if not given.amqp:
+            raise RunError("--engine rabbitmq --broker takes the cluster's AMQP URL: amqp://user:pw@host:port[,host:port]")
+        hosts, user, password = given.hosts, given.username or "", given.password or ""
+        mqtt = args.cluster_mqtt or f"mqtt://{given.host}:1883"
+    else:
+        user, password = "wattcast", secrets.token_hex(16)
+        cluster = RabbitCluster(store_path.parent / "rabbitmq", size=args.cluster_nodes, users={user: password})
+        say(f"broker: starting a RabbitMQ cluster of {args.cluster_nodes} node(s) (its data in {cluster.workdir})")
+        try:
+            cluster.start()
+        except RabbitError as exc:
+            cluster.close()
+            raise StartError(str(exc)) from None
+        hosts = [("127.0.0.1", n.amqp_port) for n in cluster.nodes]
+        mqtt = f"mqtt://127.0.0.1:{cluster.nodes[0].mqtt_port}"
     children: list[Child] = []
     interrupt = Interrupt()
     watcher_bus = None
     try:
-        nodes = cluster.nodes
 
         def amqp(r: int) -> str:  # replica r on node r (mod size), the others after it
-            order = nodes[r % len(nodes) :] + nodes[: r % len(nodes)]
-            return "amqp://" + ",".join(f"127.0.0.1:{n.amqp_port}" for n in order)
+            order = hosts[r % len(hosts) :] + hosts[: r % len(hosts)]
+            return "amqp://" + ",".join(f"{h}:{p}" for h, p in order)
 
-        mqtt = f"mqtt://127.0.0.1:{nodes[0].mqtt_port}"
         say(f"broker: RabbitMQ cluster at {amqp(0)} (MQTT at {mqtt}), {args.shards} shard(s), {args.replicas} replica(s)")
         env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD)}
         env.setdefault(ENV_BLAS_THREADS, "1")
-        env.update({ENV_USERNAME: "wattcast", ENV_PASSWORD: password})  # one login here: environment, not argv
-        watcher_bus = MqttBus(
-            BrokerConfig.from_url(mqtt, "wattcast", password), f"wattcast-runner-{os.getpid()}", session=False
-        )
+        env.update({ENV_USERNAME: user, ENV_PASSWORD: password})  # one login here: environment, not argv
+        watcher_bus = MqttBus(BrokerConfig.from_url(mqtt, user, password), f"wattcast-runner-{os.getpid()}", session=False)
         try:
             watcher_bus.connect()
         except ConnectionError as exc:
@@ -104,12 +110,12 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
         t_replay = time.monotonic()
         # CPU before the replay (start-up): the replay's cost is what comes after
         started_cpu = {n: watcher.counter(n, "cpu_ms") / 1000 for n in waiting}
-        broker_cpu = cluster.cpu_s()
+        broker_cpu = cluster.cpu_s() if cluster is not None else 0.0
         simulator = spawn("simulator", "simulator", sim, log_dir, env)
         children.append(simulator)
         _wait_scored(store_path, run_id, args, children, simulator, watcher, interrupt, t0)
         replay_s = time.monotonic() - t_replay
-        broker_cpu = cluster.cpu_s() - broker_cpu
+        broker_cpu = cluster.cpu_s() - broker_cpu if cluster is not None else 0.0
         stop_all(children)
         watcher.wait_offline(waiting, timeout=5.0)
         result = scores_from_store(store_path, list(args.models), args.houses, run_id)
@@ -132,8 +138,8 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             "broker": {
                 "kind": "rabbitmq",
                 "url": amqp(0),
-                "nodes": args.cluster_nodes,
-                "replay_cpu_s": round(broker_cpu, 2),
+                "nodes": len(hosts),
+                "replay_cpu_s": round(broker_cpu, 2) if cluster is not None else None,  # a given cluster: not measured
             },
             # CPU of each node during the replay (its final CPU less the CPU of its start-up)
             "replay_cpu_s": {n: round(counters.get(n, {}).get("cpu_ms", 0) / 1000 - c, 2) for n, c in started_cpu.items()},
@@ -158,7 +164,8 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
         stop_all(children)
         if watcher_bus is not None:
             watcher_bus.close()
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _wait_online(watcher: Watcher, nodes: list[str], children: list[Child], interrupt: Interrupt) -> None:

@@ -66,6 +66,7 @@ class RunOptions:
     shards: int = 4
     replicas: int = 1
     cluster_nodes: int = 3
+    cluster_mqtt: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
@@ -162,6 +163,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         "--replicas", type=positive_int, default=1, help="rabbitmq: replicas of the collector and of each model (default 1)"
     )
     scale.add_argument("--cluster-nodes", type=positive_int, default=3, help="rabbitmq: nodes of the cluster (default 3)")
+    scale.add_argument(
+        "--cluster-mqtt",
+        default=None,
+        metavar="URL",
+        help="rabbitmq with --broker amqp://...: the cluster's MQTT listener, for the meter and the runner "
+        "(default mqtt://<the first host>:1883)",
+    )
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
