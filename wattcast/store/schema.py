@@ -85,6 +85,8 @@ KEYS = {
 
 def create_tables(db: Database) -> None:
     """The tables of this layout, where they are missing (in the database's own types), and the layout's number."""
+    if db.dialect == "postgresql":  # collectors starting together: one creates, the others wait (till commit)
+        db.execute("SELECT pg_advisory_xact_lock(7243015)")
     db.executescript(SCHEMA if db.dialect == "sqlite" else sql_types(SCHEMA))
     db.set_layout(LAYOUT)
 
@@ -120,6 +122,8 @@ def check_layout(db: Database, path: Path | str, upgrade: bool = False) -> None:
         if upgrade:
             _upgrade_2_to_3(db)
         return
+    if version == 0 and "runs" in tables:
+        return  # another collector is making this store right now (every store with a runs table has a layout)
     if "readings" in tables and version != LAYOUT:
         raise StoreError(
             f"{path} was written by a wattcast {'before run ids' if version < 2 else 'newer'} "
