@@ -397,3 +397,37 @@ def test_wattcast_run_uses_a_running_cluster_given_with_broker(cluster, val, tmp
         for model in MODELS:
             n, mse = offline_mse(model, house_part(val, houses, k, limit))
             assert got[(house, model)][0] == n and math.isclose(got[(house, model)][1], mse, rel_tol=1e-9), (house, model)
+
+
+def test_an_amqp_node_is_held_to_its_role(cluster):
+    """A predictor's AMQP login (``node_permissions``, from mosquitto/acl): it consumes its model's shard
+    queues and publishes its model's forecasts; another model's forecast is refused (counted, dropped),
+    and another model's queues cannot be taken."""
+    from wattcast.credentials import ACL_FILE
+
+    cli = [sys.executable, "-m", "wattcast", "shards", "--broker", amqp_url(cluster, 0), "--shards", "4"]
+    r = subprocess.run([*cli, "--models", "gbm", "lstm"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr  # what a node of a role may not declare
+    cluster.add_node_user("predictor-gbm", "gbm-node-pw", ACL_FILE.read_text())
+    port = cluster.nodes[0].amqp_port
+    url = f"amqp://predictor-gbm:gbm-node-pw@127.0.0.1:{port}"
+    viewer = MqttBus(BrokerConfig.from_url(mqtt_url(cluster, 0)), "role-viewer", session=False).connect(timeout=60)
+    node = AmqpBus(BrokerConfig.from_url(url, shards=4), "role-gbm", group="predictor-gbm", manual_ack=True).connect(60)
+    try:
+        viewer.subscribe("wattcast/v1/+/forecast/+", timeout=60)
+        node.subscribe(ALL_READINGS, ALL_ENDS, timeout=60)  # its own shard queues: declared and bound
+        node.publish("wattcast/v1/h000/forecast/lstm", b"forged")
+        node.publish("wattcast/v1/h000/forecast/gbm", b"honest")
+        node.publish("wattcast/v1/status/predictor-gbm-r1", b"{}")  # a replica's status
+        assert node.flush(60)
+        got = [viewer.inbox.get(timeout=60).payload]
+        while got[-1] != b"honest":
+            got.append(viewer.inbox.get(timeout=60).payload)
+        assert b"forged" not in got and node.denied == 1
+    finally:
+        node.close()
+        viewer.close()
+    thief = AmqpBus(BrokerConfig.from_url(url, shards=4), "role-thief", group="predictor-lstm", manual_ack=True)
+    thief.subscribe(ALL_READINGS, ALL_ENDS)  # consumed when it connects: another model's queues
+    with pytest.raises(ConnectionError, match="ACCESS_REFUSED"):
+        thief.connect(timeout=60)

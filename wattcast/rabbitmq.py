@@ -82,6 +82,23 @@ def topic_permissions(acl: str) -> dict[str, tuple[str, str]]:
     return {u: (_any_of(w), _any_of(r)) for u, (w, r) in grants.items()}
 
 
+def node_permissions(user: str, acl: str) -> tuple[tuple[str, str, str], tuple[str, str]]:
+    """A node of a sharded deployment over AMQP (``collector``, ``predictor-<model>``): RabbitMQ's
+    (configure, write, read) over the vhost's queues and exchanges, and its topic (write, read) on
+    ``amq.topic``.  Its own queues only (its group's shard queues, its durable queue, server-named
+    ones), the shard exchanges to bind them to; the topics of its lines in mosquitto's ACL, and its
+    status and progress also under a replica's id (``<user>-<replica>``).  The ring and the
+    exchanges are declared by an administrator (``wattcast shards``)."""
+    group = re.escape(user)
+    own = rf"wattcast\.{group}(\.shard\.\d+)?|amq\.gen-.+"
+    configure, write = f"^({own})$", rf"^({own}|amq\.topic)$"
+    read = rf"^({own}|amq\.topic|wattcast\.shard\.\d+|wattcast\.forecasts)$"
+    topic_write, topic_read = topic_permissions(acl).get(user, ("^$", "^$"))
+    replica = rf"wattcast\.v1\.(status|progress)\.{group}-[^.*#]+"
+    topic_write = f"^({topic_write[2:-2]}|{replica})$" if topic_write != "^$" else f"^({replica})$"
+    return (configure, write, read), (topic_write, topic_read)
+
+
 def _any_of(regexes: list[str]) -> str:
     return f"^({'|'.join(regexes)})$" if regexes else "^$"
 
@@ -264,6 +281,14 @@ class RabbitCluster:
             own = r"^(amq\.topic|mqtt-subscription-.*)$"
             self.ctl(first, "set_permissions", "-p", "/", user, r"^mqtt-subscription-.*$", own, own)
             self.ctl(first, "set_topic_permissions", "-p", "/", user, "amq.topic", *topics)
+
+    def add_node_user(self, user: str, password: str, acl: str) -> None:
+        """An AMQP node of a sharded deployment, held to its role (:func:`node_permissions`)."""
+        (configure, write, read), topics = node_permissions(user, acl)
+        first = self.running()[0]
+        self.ctl(first, "add_user", user, password)
+        self.ctl(first, "set_permissions", "-p", "/", user, configure, write, read)
+        self.ctl(first, "set_topic_permissions", "-p", "/", user, "amq.topic", *topics)
 
     def add_users_by_role(self, passwords: dict[str, str], acl: str) -> None:
         """Every user of ``passwords`` limited to its role in mosquitto's ACL file (``acl``: its text)."""

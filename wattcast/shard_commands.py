@@ -14,31 +14,38 @@ import os
 from wattcast.config import ENV_SHARDS, add_broker_args, model_name_arg, positive_int
 
 
+def declare(channel, shards: int, models: list[str]) -> list[str]:  # noqa: ANN001 - a pika BlockingChannel
+    """The ring, ``shards`` shards and the shard queues of the collector and of each model's predictors;
+    returns the groups."""
+    from wattcast.bus import shards as topology
+
+    topology.declare_ring(channel, shards)
+    groups = ["collector", *(f"predictor-{m}" for m in models)]
+    for group in groups:
+        for k in range(shards):
+            topology.declare_shard_queue(channel, group, k, forecasts=group == "collector")
+    return groups
+
+
 def cmd_shards(args: argparse.Namespace) -> int:
     import pika
 
     from wattcast.bus import shards as topology
-    from wattcast.bus.amqp import _why, quiet_pika
+    from wattcast.bus.amqp_connection import parameters, quiet_pika, why
     from wattcast.config import broker_from_args
 
     broker = broker_from_args(args)
     if not broker.amqp:
         raise ValueError("wattcast shards needs a RabbitMQ broker over AMQP (--broker amqp://host:port)")
     quiet_pika()
-    creds = pika.PlainCredentials(broker.username or "", broker.password or "")
-    params = [pika.ConnectionParameters(host=h, port=p, credentials=creds, connection_attempts=3) for h, p in broker.hosts]
     try:
-        conn = pika.BlockingConnection(params)
+        conn = pika.BlockingConnection(parameters(broker, "wattcast-shards"))
     except pika.exceptions.AMQPError as exc:
-        raise ConnectionError(f"RabbitMQ at {broker.url} did not accept the connection: {_why(exc)}") from None
+        raise ConnectionError(f"RabbitMQ at {broker.url} did not accept the connection: {why(exc)}") from None
     try:
         channel = conn.channel()
         try:
-            topology.declare_ring(channel, args.shards)
-            groups = ["collector", *(f"predictor-{m}" for m in args.models)]
-            for group in groups:
-                for k in range(args.shards):
-                    topology.declare_shard_queue(channel, group, k, forecasts=group == "collector")
+            groups = declare(channel, args.shards, args.models)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ConnectionError(f"RabbitMQ at {broker.url} refused the declarations: {exc.reply_text}") from None
         except topology.ShardCountError as exc:

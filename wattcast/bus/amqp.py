@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wattcast.bus import shards as topology
+from wattcast.bus.amqp_connection import parameters, quiet_pika, why
 from wattcast.bus.base import BrokerConfig, Message
 from wattcast.contract import ALL_FORECASTS
 
@@ -95,37 +96,9 @@ class AmqpBus:
         return self._connected.is_set()
 
     # -- the I/O thread ------------------------------------------------------------------
-    def _parameters(self) -> Any:
-        b = self.broker
-        creds = self._pika.PlainCredentials(b.username or "", b.password or "")
-        ssl_options = None
-        if b.tls:
-            import ssl
-
-            ctx = ssl.create_default_context(cafile=b.ca_file)
-            if b.cert_file:
-                ctx.load_cert_chain(b.cert_file, b.key_file)
-            ssl_options = self._pika.SSLOptions(ctx, b.host)
-        hosts = b.hosts
-        first = self._attempts % len(hosts)  # after a loss, start with the next node of the cluster
-        return [
-            self._pika.ConnectionParameters(
-                host=host,
-                port=port,
-                credentials=creds,
-                heartbeat=b.keepalive,
-                blocked_connection_timeout=60,
-                ssl_options=ssl_options,
-                client_properties={"connection_name": self.client_id},
-                connection_attempts=1,
-                socket_timeout=10,
-            )
-            for host, port in hosts[first:] + hosts[:first]
-        ]
-
     def _open(self) -> None:
         self._attempts += 1
-        conn = self._pika.BlockingConnection(self._parameters())
+        conn = self._pika.BlockingConnection(parameters(self.broker, self.client_id, first=self._attempts))
         try:
             channel = conn.channel()
             # publisher confirms, asynchronous: BlockingChannel.confirm_delivery would wait for each one
@@ -268,7 +241,7 @@ class AmqpBus:
                     log.error("%s: %s refused to set up the queues: %s", self.client_id, self.broker.url, exc.reply_text)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 if self.refused is None and not self._ready.is_set():
-                    self._last_error = _why(exc)
+                    self._last_error = why(exc)
             else:
                 delay = 0.2
                 self._connected.set()
@@ -391,26 +364,3 @@ class AmqpBus:
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
-
-
-def quiet_pika() -> None:
-    """pika logs every failed connection attempt as a traceback; wattcast says it in one line instead."""
-    pika_log = logging.getLogger("pika")
-    if pika_log.level == logging.NOTSET:  # unless someone configured it
-        pika_log.setLevel(logging.CRITICAL)
-
-
-def _why(exc: BaseException) -> str:
-    """A failed connection attempt in a few words (pika nests the reason in its workflow error)."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and len(chain) < 5:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    text = " ".join(f"{a} {a!r}" for e in chain for a in (e, *getattr(e, "args", ()))) or type(exc).__name__
-    if "Connection refused" in text:
-        return "connection refused"
-    if "timed out" in text.lower() or "timeout" in text.lower():
-        return "no answer (timed out)"
-    last = re.search(r"last exception - ([^;]+)", text)
-    return last.group(1) if last else (str(exc) or type(exc).__name__)

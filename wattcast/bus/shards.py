@@ -104,15 +104,16 @@ def _exists(channel: Any, exchange: str) -> bool:
 
 
 def declare_ring(channel: Any, shards: int) -> None:
-    """The ring, the ``shards`` shard exchanges and their bindings.  ShardCountError where the ring
-    exists with another count: binding more shards to it would move houses (and their state)."""
-    if _exists(channel, RING) and (
-        not _exists(channel, shard_exchange(shards - 1)) or _exists(channel, shard_exchange(shards))
-    ):
-        raise ShardCountError(
-            f"the cluster's houses are in another number of shards than {shards} (exchanges {shard_exchange(0)}...): "
-            "give the deployment's own --shards"
-        )
+    """The ring, the ``shards`` shard exchanges and their bindings, unless the ring exists (declared by
+    an administrator, ``wattcast shards``, or the first node: a node of a role may not declare them).
+    ShardCountError where it exists with another count: binding more shards would move houses."""
+    if _exists(channel, RING):
+        if not _exists(channel, shard_exchange(shards - 1)) or _exists(channel, shard_exchange(shards)):
+            raise ShardCountError(
+                f"the cluster's houses are in another number of shards than {shards} "
+                f"(exchanges {shard_exchange(0)}...): give the deployment's own --shards"
+            )
+        return
     for k in range(shards):  # before the ring: whoever sees the ring finds its shards declared
         channel.exchange_declare(shard_exchange(k), "fanout", durable=True)
     channel.exchange_declare(RING, "x-consistent-hash", durable=True)

@@ -43,6 +43,7 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
     if args.replicas > args.shards:
         raise RunError(f"--replicas {args.replicas} > --shards {args.shards}: a replica would serve no shard")
     cluster = None
+    logins: dict[str, tuple[str, str]] = {}  # role -> its login on a cluster of the run's own
     if args.broker:  # a running cluster: its AMQP nodes, and its MQTT listener for the meter and the runner
         given = BrokerConfig.from_url(args.broker, args.username, args.password)
         if not given.amqp:
@@ -50,14 +51,15 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
         hosts, user, password = given.hosts, given.username or "", given.password or ""
         mqtt = args.cluster_mqtt or f"mqtt://{given.host}:1883"
     else:
-        user, password = "wattcast", secrets.token_hex(16)
-        cluster = RabbitCluster(store_path.parent / "rabbitmq", size=args.cluster_nodes, users={user: password})
+        cluster = RabbitCluster(store_path.parent / "rabbitmq", size=args.cluster_nodes)
         say(f"broker: starting a RabbitMQ cluster of {args.cluster_nodes} node(s) (its data in {cluster.workdir})")
         try:
             cluster.start()
+            logins = _role_logins(cluster, args)
         except RabbitError as exc:
             cluster.close()
             raise StartError(str(exc)) from None
+        user, password = cluster.admin  # declares the shards; every node logs in as its role
         hosts = [("127.0.0.1", n.amqp_port) for n in cluster.nodes]
         mqtt = f"mqtt://127.0.0.1:{cluster.nodes[0].mqtt_port}"
     children: list[Child] = []
@@ -70,10 +72,18 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             return "amqp://" + ",".join(f"{h}:{p}" for h, p in order)
 
         say(f"broker: RabbitMQ cluster at {amqp(0)} (MQTT at {mqtt}), {args.shards} shard(s), {args.replicas} replica(s)")
-        env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD)}
-        env.setdefault(ENV_BLAS_THREADS, "1")
-        env.update({ENV_USERNAME: user, ENV_PASSWORD: password})  # one login here: environment, not argv
-        watcher_bus = MqttBus(BrokerConfig.from_url(mqtt, user, password), f"wattcast-runner-{os.getpid()}", session=False)
+        base = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER, ENV_USERNAME, ENV_PASSWORD)}
+        base.setdefault(ENV_BLAS_THREADS, "1")
+
+        def login(role: str) -> dict[str, str]:  # in the environment, not argv (ps shows argv to every user)
+            name, secret = logins.get(role, (user, password))
+            return {**base, ENV_USERNAME: name, ENV_PASSWORD: secret}
+
+        _declare(BrokerConfig.from_url(amqp(0), user, password), args)
+        runner_user, runner_password = logins.get("runner", (user, password))
+        watcher_bus = MqttBus(
+            BrokerConfig.from_url(mqtt, runner_user, runner_password), f"wattcast-runner-{os.getpid()}", session=False
+        )
         try:
             watcher_bus.connect()
         except ConnectionError as exc:
@@ -89,14 +99,14 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             collectors.append(node)
             argv = ["--broker", amqp(r), *_shard_args(args.shards, args.replicas, r), "--node", node]
             argv += ["--store", str(store_path), "--models", *args.models, "--exit-on-end", "--metrics-every", "0.5"]
-            children.append(spawn(node, "collector", argv, log_dir, env))
+            children.append(spawn(node, "collector", argv, log_dir, login("collector")))
             for model in args.models:
                 node = f"predictor-{model}-{r}"
                 predictors[model].append(node)
                 argv = ["--broker", amqp(r), *_shard_args(args.shards, args.replicas, r), "--node", node]
                 argv += ["--model", args.specs.get(model, model), "--checkpoints", str(checkpoints)]
                 argv += ["--models-dir", args.models_dir] if args.models_dir else []
-                children.append(spawn(node, "predictor", argv, log_dir, env))
+                children.append(spawn(node, "predictor", argv, log_dir, login(f"predictor-{model}")))
         waiting = [*collectors, *(n for ns in predictors.values() for n in ns)]
         _wait_online(watcher, waiting, children, interrupt)
         sim = ["--broker", mqtt, "--houses", str(args.houses), "--run", run_id, "--node", "simulator"]
@@ -111,7 +121,7 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
         # CPU before the replay (start-up): the replay's cost is what comes after
         started_cpu = {n: watcher.counter(n, "cpu_ms") / 1000 for n in waiting}
         broker_cpu = cluster.cpu_s() if cluster is not None else 0.0
-        simulator = spawn("simulator", "simulator", sim, log_dir, env)
+        simulator = spawn("simulator", "simulator", sim, log_dir, login("simulator"))
         children.append(simulator)
         _wait_scored(store_path, run_id, args, children, simulator, watcher, interrupt, t0)
         replay_s = time.monotonic() - t_replay
@@ -166,6 +176,42 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             watcher_bus.close()
         if cluster is not None:
             cluster.close()
+
+
+def _role_logins(cluster: Any, args: RunOptions) -> dict[str, tuple[str, str]]:
+    """A login per role, held to it as mosquitto/acl says (the nodes' over AMQP, :func:`node_permissions`;
+    the simulator's and the runner's over MQTT); models of the run's own get their predictor's lines."""
+    from wattcast.credentials import ACL_FILE, predictor_acl
+
+    acl = ACL_FILE.read_text()
+    acl += "".join(predictor_acl(m) for m in args.models if f"user predictor-{m}\n" not in acl)
+    logins = {role: (role, secrets.token_hex(16)) for role in ("simulator", "runner")}
+    cluster.add_users_by_role({role: pw for role, pw in logins.values()}, acl)
+    for role in ("collector", *(f"predictor-{m}" for m in args.models)):
+        logins[role] = (role, secrets.token_hex(16))
+        cluster.add_node_user(role, logins[role][1], acl)
+    return logins
+
+
+def _declare(broker: BrokerConfig, args: RunOptions) -> None:
+    """The ring, the shards and every group's queues, before a node runs (the nodes may not declare them)."""
+    import pika
+
+    from wattcast.bus.amqp_connection import parameters, quiet_pika
+    from wattcast.bus.shards import ShardCountError
+    from wattcast.shard_commands import declare
+
+    quiet_pika()
+    conn = pika.BlockingConnection(parameters(broker, "wattcast-runner"))
+    try:
+        declare(conn.channel(), args.shards, list(args.models))
+    except ShardCountError as exc:
+        raise RunError(str(exc)) from None
+    except pika.exceptions.AMQPError as exc:
+        raise StartError(f"RabbitMQ at {broker.url} refused the shards' declarations: {exc}") from None
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def _wait_online(watcher: Watcher, nodes: list[str], children: list[Child], interrupt: Interrupt) -> None:
