@@ -104,3 +104,15 @@ def test_a_predictors_shard_options_fail_in_one_line(argv, message):
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert message in lines[0]
+
+
+def test_an_mqtt_client_given_an_amqp_broker_says_so_in_one_line():
+    r = subprocess.run(
+        [sys.executable, "-m", "wattcast", "watch", "--broker", "amqp://u:p@127.0.0.1:1", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "speaks AMQP" in lines[0] and "Traceback" not in r.stderr, r.stderr

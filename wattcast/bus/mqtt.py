@@ -1,8 +1,5 @@
-"""The MQTT edge: paho-mqtt 2.x behind the :class:`~wattcast.bus.base.Bus` interface.
-
-Paho's callbacks only put messages in the inbox; domain code (parsing, inference,
-scoring) runs on the node's own thread.
-"""
+"""The MQTT edge: paho-mqtt 2.x behind the :class:`~wattcast.bus.base.Bus` interface.  Paho's callbacks
+only put messages in the inbox; domain code (parsing, inference, scoring) runs on the node's own thread."""
 
 from __future__ import annotations
 
@@ -74,9 +71,8 @@ def _client_class() -> Any:
 class MqttBus:
     """paho-mqtt client behind the :class:`Bus` interface.
 
-    ``session`` keeps a persistent session (clean_session=False) under a fixed
-    ``client_id`` so that a node which reconnects, or a broker that restarts with
-    persistence on, delivers the QoS 1 messages queued in between.
+    ``session`` keeps a persistent session (clean_session=False) under a fixed ``client_id`` so that
+    a node which reconnects, or a broker that restarts with persistence on, gets what was queued meanwhile.
 
     With ``manual_ack`` a received QoS 1 message is acknowledged only when the node
     calls :meth:`ack` after handling it: a node killed mid-batch gets the messages
@@ -93,6 +89,9 @@ class MqttBus:
 
     def __post_init__(self) -> None:
         import paho.mqtt.client as mqtt
+
+        if self.broker.amqp:
+            raise ValueError(f"{self.broker.url} speaks AMQP; this client speaks MQTT: give the broker's mqtt:// URL")
 
         self._mqtt = mqtt
         self._filters: dict[str, int] = {}
