@@ -116,3 +116,11 @@ def test_an_mqtt_client_given_an_amqp_broker_says_so_in_one_line():
     )
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "speaks AMQP" in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_rabbitmq_users_file_is_generated_from_the_acl():
+    """rabbitmq/users (the compose cluster's logins and rights) is what role_grants makes of mosquitto/acl."""
+    from wattcast.credentials import ACL_FILE, USERS
+    from wattcast.rabbitmq import role_grants
+
+    assert (REPO / "rabbitmq" / "users").read_text() == role_grants(ACL_FILE.read_text(), list(USERS))

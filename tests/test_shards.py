@@ -314,11 +314,15 @@ def test_the_cluster_compose_services_run_as_processes_and_score_as_offline(clus
         assert services[name]["deploy"]["replicas"] == "${WATTCAST_REPLICAS:-2}" and "shards" in depends_on(services[name])
     conf = (REPO / "rabbitmq" / "wattcast.conf").read_text()
     assert "mqtt.allow_anonymous = false" in conf
+    from wattcast.credentials import USERS, password_env_var
+    from wattcast.rabbitmq import RABBIT_BIN
+
     password, houses, limit = secrets.token_hex(12), 8, 60
-    cluster.add_user("wattcast", password)  # the file's one login
+    cluster.add_user("wattcast", password)  # the administrator (RABBITMQ_DEFAULT_USER in the file)
     dotenv = {
+        **{password_env_var(u): secrets.token_hex(12) for u in USERS},  # wattcast broker passwd
         "WATTCAST_RABBITMQ_PASSWORD": password,
-        "WATTCAST_RABBITMQ_COOKIE": "unused-here",
+        "WATTCAST_RABBITMQ_COOKIE": (cluster.workdir / ".erlang.cookie").read_text(),  # this cluster's
         "WATTCAST_POSTGRES_PASSWORD": "unused-here",
         "WATTCAST_MODELS": ",".join(MODELS),
         "WATTCAST_HOUSES": str(houses),
@@ -340,6 +344,12 @@ def test_the_cluster_compose_services_run_as_processes_and_score_as_offline(clus
         argv = [interpolate(a, dotenv) for a in services[name]["command"]]
         return argv[2:] if argv[0] == "python" else ["wattcast", *argv[1:]]  # python -m <module> / wattcast ...
 
+    # rabbitmq-users: its script, with this cluster's rabbitmqctl (and cookie) and the .env passwords
+    users_env = {k: interpolate(v, dotenv) for k, v in environment(services["rabbitmq-users"]).items()}
+    users_env = {**cluster._env(), **users_env, "RABBITMQ_NODE": cluster.nodes[0].name}
+    users_env["PATH"] = f"{RABBIT_BIN}:{users_env.get('PATH', '')}"
+    r = subprocess.run(["sh", str(REPO / "rabbitmq" / "init-users.sh")], env=users_env, capture_output=True, text=True)
+    assert r.returncode == 0 and "predictor-linear (amqp)" in r.stdout, r.stderr[-2000:]
     shards = spawn(command("shards"), tmp_path / "shards.log", service_env("shards"))
     assert shards.wait(timeout=120) == 0, (tmp_path / "shards.log").read_text()[-2000:]
     procs: dict[str, subprocess.Popen] = {}
@@ -418,7 +428,7 @@ def test_an_amqp_node_is_held_to_its_role(cluster):
         node.subscribe(ALL_READINGS, ALL_ENDS, timeout=60)  # its own shard queues: declared and bound
         node.publish("wattcast/v1/h000/forecast/lstm", b"forged")
         node.publish("wattcast/v1/h000/forecast/gbm", b"honest")
-        node.publish("wattcast/v1/status/predictor-gbm-r1", b"{}")  # a replica's status
+        node.publish("wattcast/v1/status/predictor-gbm-1", b"{}")  # a replica's status
         assert node.flush(60)
         got = [viewer.inbox.get(timeout=60).payload]
         while got[-1] != b"honest":

@@ -94,9 +94,34 @@ def node_permissions(user: str, acl: str) -> tuple[tuple[str, str, str], tuple[s
     configure, write = f"^({own})$", rf"^({own}|amq\.topic)$"
     read = rf"^({own}|amq\.topic|wattcast\.shard\.\d+|wattcast\.forecasts)$"
     topic_write, topic_read = topic_permissions(acl).get(user, ("^$", "^$"))
-    replica = rf"wattcast\.v1\.(status|progress)\.{group}-[^.*#]+"
+    # a replica's id: <user>-<n> (wattcast run) or -<container id> (compose), never another model's name
+    replica = rf"wattcast\.v1\.(status|progress)\.{group}-(\d+|[0-9a-f]{{12}})"
     topic_write = f"^({topic_write[2:-2]}|{replica})$" if topic_write != "^$" else f"^({replica})$"
     return (configure, write, read), (topic_write, topic_read)
+
+
+#: the MQTT users' rights on the vhost: their own subscription queues and amq.topic, nothing else
+MQTT_RIGHTS = (r"^mqtt-subscription-.*$", r"^(amq\.topic|mqtt-subscription-.*)$", r"^(amq\.topic|mqtt-subscription-.*)$")
+
+
+def role_grants(acl: str, users: list[str]) -> str:
+    """``rabbitmq/users``: one line per user of ``users`` with its RabbitMQ rights from mosquitto's ACL,
+    ``amqp <user> <configure> <write> <read> <topic-write> <topic-read>`` for the nodes that speak AMQP
+    (the collector, the predictors) and ``mqtt <user> ...`` for the others; ``rabbitmq/init-users.sh``
+    applies them.  Generated (``wattcast.rabbitmq``), never written by hand: a test compares."""
+    lines = [
+        "# Generated from mosquitto/acl by wattcast.rabbitmq.role_grants: do not edit (tests/test_shards.py compares).",
+        "# kind user configure write read topic-write topic-read (regexes; topic rights on amq.topic)",
+    ]
+    topics = topic_permissions(acl)
+    for user in users:
+        if user == "collector" or user.startswith("predictor-"):
+            (configure, write, read), (tw, tr) = node_permissions(user, acl)
+            lines.append(f"amqp {user} {configure} {write} {read} {tw} {tr}")
+        else:
+            tw, tr = topics.get(user, ("^$", "^$"))
+            lines.append(f"mqtt {user} {' '.join(MQTT_RIGHTS)} {tw} {tr}")
+    return "\n".join(lines) + "\n"
 
 
 def _any_of(regexes: list[str]) -> str:
@@ -278,15 +303,19 @@ class RabbitCluster:
         if topics is None:
             self.ctl(first, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
         else:  # MQTT only: its own subscription queues and amq.topic, nothing else of the vhost
-            own = r"^(amq\.topic|mqtt-subscription-.*)$"
-            self.ctl(first, "set_permissions", "-p", "/", user, r"^mqtt-subscription-.*$", own, own)
+            self.ctl(first, "set_permissions", "-p", "/", user, *MQTT_RIGHTS)
             self.ctl(first, "set_topic_permissions", "-p", "/", user, "amq.topic", *topics)
 
     def add_node_user(self, user: str, password: str, acl: str) -> None:
         """An AMQP node of a sharded deployment, held to its role (:func:`node_permissions`)."""
         (configure, write, read), topics = node_permissions(user, acl)
         first = self.running()[0]
-        self.ctl(first, "add_user", user, password)
+        try:
+            self.ctl(first, "add_user", user, password)
+        except RabbitError as exc:
+            if "already exists" not in str(exc):
+                raise
+            self.ctl(first, "change_password", user, password)
         self.ctl(first, "set_permissions", "-p", "/", user, configure, write, read)
         self.ctl(first, "set_topic_permissions", "-p", "/", user, "amq.topic", *topics)
 
