@@ -22,11 +22,7 @@ grep -v '^#' "$src_dir/users" | while read -r kind user configure write read top
         echo "rabbitmq-users: error: $var is not set (wattcast broker passwd --env-file .env)" >&2
         exit 1
     fi
-    if ctl list_users | cut -f1 | grep -qx "$user"; then
-        ctl change_password "$user" "$password"
-    else
-        ctl add_user "$user" "$password"
-    fi
+    ctl add_user "$user" "$password" 2>/dev/null || ctl change_password "$user" "$password"  # made earlier
     ctl set_permissions -p / "$user" "$configure" "$write" "$read"
     ctl set_topic_permissions -p / "$user" amq.topic "$topic_write" "$topic_read"
     echo "rabbitmq-users: $user ($kind)"

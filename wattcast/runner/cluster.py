@@ -79,7 +79,9 @@ def run_on_cluster(args: RunOptions, say, t0: float, store_path: Path, log_dir: 
             name, secret = logins.get(role, (user, password))
             return {**base, ENV_USERNAME: name, ENV_PASSWORD: secret}
 
-        _declare(BrokerConfig.from_url(amqp(0), user, password), args)
+        _declare(BrokerConfig.from_url(amqp(0), user, password), args, purge=cluster is None)
+        if cluster is None:
+            say("broker: emptied the shard queues of the collector and the run's models (the run takes them over)")
         runner_user, runner_password = logins.get("runner", (user, password))
         watcher_bus = MqttBus(
             BrokerConfig.from_url(mqtt, runner_user, runner_password), f"wattcast-runner-{os.getpid()}", session=False
@@ -193,8 +195,10 @@ def _role_logins(cluster: Any, args: RunOptions) -> dict[str, tuple[str, str]]:
     return logins
 
 
-def _declare(broker: BrokerConfig, args: RunOptions) -> None:
-    """The ring, the shards and every group's queues, before a node runs (the nodes may not declare them)."""
+def _declare(broker: BrokerConfig, args: RunOptions, purge: bool) -> None:
+    """The ring, the shards and every group's queues, before a node runs (the nodes may not declare them).
+    ``purge``: empty the groups' shard queues first (a cluster that runs already: what an earlier run left
+    there would be scored as a run this one's collectors only partly hold, as reset_sessions does on MQTT)."""
     import pika
 
     from wattcast.bus.amqp_connection import parameters, quiet_pika
@@ -204,7 +208,14 @@ def _declare(broker: BrokerConfig, args: RunOptions) -> None:
     quiet_pika()
     conn = pika.BlockingConnection(parameters(broker, "wattcast-runner"))
     try:
-        declare(conn.channel(), args.shards, list(args.models))
+        channel = conn.channel()
+        groups = declare(channel, args.shards, list(args.models))
+        if purge:
+            from wattcast.bus.shards import shard_queue
+
+            for group in groups:
+                for k in range(args.shards):
+                    channel.queue_purge(shard_queue(group, k))
     except ShardCountError as exc:
         raise RunError(str(exc)) from None
     except pika.exceptions.AMQPError as exc:
