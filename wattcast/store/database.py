@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-#: an error of either engine (psycopg's is added when it is imported)
-ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
-
 
 def is_postgres(location: str | Path) -> bool:
     """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
@@ -61,9 +58,8 @@ class Database:
         self.con = con
         self.location = location
 
-    @property
-    def Error(self) -> tuple[type[Exception], ...]:  # noqa: N802 (an exception class, as in DB-API)
-        return ERRORS
+    #: the errors of this connection's engine (as DB-API's ``Error``)
+    Error: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.con.execute(sql, params)
@@ -106,6 +102,9 @@ class PostgresDatabase(Database):
 
     def __init__(self, con: Any, location: str | Path) -> None:
         super().__init__(con, location)
+        import psycopg
+
+        self.Error = (sqlite3.Error, psycopg.Error)
         schema = con.execute("SELECT current_schema()").fetchone()[0]
         self.home = '"' + schema.replace('"', '""') + '"'
 
@@ -160,14 +159,12 @@ def connect_sqlite(path: str | Path, uri: bool = False) -> Database:
 def connect_postgres(url: str, autocommit: bool = False) -> PostgresDatabase:
     """A connection to the PostgreSQL database at ``url``; ConnectionError (one line) if there is none.
     ``autocommit``: each statement its own transaction (a reader's queries see what writers have committed)."""
-    global ERRORS
     try:
         import psycopg
     except ImportError:
         raise ConnectionError(
             "a PostgreSQL store needs psycopg: pip install 'wattcast[cluster]' (or 'psycopg[binary]')"
         ) from None
-    ERRORS = (sqlite3.Error, psycopg.Error)
     try:
         con = psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name="wattcast")
     except psycopg.Error as exc:

@@ -41,13 +41,6 @@ class Store:
             raise
         self._runs_known: set[str] = set()
 
-    @property
-    def path(self) -> Path:
-        """The SQLite file (ValueError for a PostgreSQL store)."""
-        if is_postgres(self.location):
-            raise ValueError(f"{self.shown} is a PostgreSQL store, not a file")
-        return Path(self.location)
-
     # -- writes (the caller commits once per batch) -------------------------------------
     def add_run(self, run: str) -> None:
         """Note a run (its first message); once per run and process."""
