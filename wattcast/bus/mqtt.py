@@ -4,7 +4,6 @@ only put messages in the inbox; domain code (parsing, inference, scoring) runs o
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import ssl
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from wattcast.bus.base import BrokerConfig, Message
-from wattcast.bus.socket import buffered
+from wattcast.bus.paho_client import client_class
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +50,6 @@ def _use_tls(client: Any, broker: BrokerConfig) -> None:
         client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"TLS files for {broker.url} cannot be used: {exc}") from None
-
-
-@functools.cache
-def _client_class() -> Any:
-    """paho's Client reading through a :class:`~wattcast.bus.socket.BufferedSocket` (see there)."""
-    import paho.mqtt.client as mqtt
-
-    base: Any = mqtt.Client
-
-    class Client(base):
-        def _create_socket(self):  # paho 2.x: opens the connection's socket (and wraps it in TLS)
-            return buffered(super()._create_socket())
-
-    return Client
 
 
 @dataclass
@@ -109,7 +94,7 @@ class MqttBus:
         #: paho's wake-up socket while batched() holds it back, and the packets queued meanwhile
         self._held_wake = None
         self._held_packets = 0
-        c: mqtt.Client = _client_class()(
+        c: mqtt.Client = client_class()(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=not self.session,
@@ -129,6 +114,7 @@ class MqttBus:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.deliver = self._deliver  # type: ignore[attr-defined]  # paho_client.client_class()
         c.on_subscribe = c.on_unsubscribe = self._on_suback
         #: SUBSCRIBE / UNSUBSCRIBE packet ids (one counter in paho) whose acknowledgement someone awaits
         self._awaited: dict[int, threading.Event] = {}
@@ -169,6 +155,9 @@ class MqttBus:
 
     def _on_message(self, client, userdata, msg) -> None:
         self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time(), msg.mid, msg.qos))
+
+    def _deliver(self, topic: str, payload: bytes, retain: bool, mid: int, qos: int) -> None:
+        self.inbox.put(Message(topic, payload, retain, time.time(), mid, qos))
 
     # -- Bus ---------------------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> MqttBus:

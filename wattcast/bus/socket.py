@@ -41,6 +41,17 @@ class BufferedSocket:
         self._pos = end
         return buf[pos:end]
 
+    def fill(self) -> int:
+        """Read what the kernel holds into the buffer (after what is left of it); the bytes read.
+
+        Raises BlockingIOError when there is nothing to read; 0 means the peer closed.
+        """
+        data = self._sock.recv(READ_SIZE)
+        if data:
+            self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+            self._pos = 0
+        return len(data)
+
     def pending(self) -> int:
         """Bytes read from the kernel that paho has not taken yet."""
         return len(self._buf) - self._pos
