@@ -52,6 +52,22 @@ def _frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
     return buf[pos], at, at + length
 
 
+def _publish_packet(command: int, topic: bytes, mid: bytes, payload: bytes) -> bytearray:
+    """A PUBLISH packet (MQTT 3.1.1, 3.3): fixed header, topic, packet id (QoS > 0), payload."""
+    remaining = 2 + len(topic) + len(mid) + len(payload)
+    packet = bytearray((command,))
+    while True:  # remaining length: 7 bits a byte, high bit set on all but the last
+        byte, remaining = remaining & 127, remaining >> 7
+        packet.append(byte | 128 if remaining else byte)
+        if not remaining:
+            break
+    packet += len(topic).to_bytes(2, "big")
+    packet += topic
+    packet += mid
+    packet += payload
+    return packet
+
+
 @functools.cache
 def client_class() -> Any:
     """The paho Client subclass (built on first use: paho is imported only by nodes that speak MQTT)."""
@@ -67,6 +83,7 @@ def client_class() -> Any:
     queued = mqtt.mqtt_ms_queued
     queue_full = mqtt.MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
     Message = mqtt.MQTTMessage
+    MessageInfo = mqtt.MQTTMessageInfo
 
     class Client(base):
         #: set by the bus: where a received PUBLISH goes (None: paho's on_message)
@@ -109,10 +126,10 @@ def client_class() -> Any:
             return rc
 
         def publish(self, topic, payload=None, qos=0, retain=False, properties=None):
-            # A QoS 1 publish of bytes on 3.1.1 (every data message): paho's own steps, without its
-            # payload conversions, MQTT 5 branches and debug formatting.
+            # A QoS 0 or 1 publish of bytes on 3.1.1 (every data message): paho's own steps, without
+            # its payload conversions, MQTT 5 branches and debug formatting.
             if (
-                qos != 1
+                qos not in (0, 1)
                 or type(payload) is not bytes
                 or properties is not None
                 or self._protocol == mqtt5
@@ -124,6 +141,10 @@ def client_class() -> Any:
             if not name or len(name) > 65535 or b"+" in name or b"#" in name or len(payload) > 268435455:
                 return super().publish(topic, payload, qos, retain, properties)  # paho raises its ValueError
             mid = self._mid_generate()
+            if qos == 0:
+                info = MessageInfo(mid)
+                info.rc = self._packet_queue(PUBLISH, _publish_packet(0x30 | bool(retain), name, b"", payload), mid, 0, info)
+                return info
             message = Message(mid, name)
             message.timestamp = time_func()
             message.payload = payload
@@ -141,24 +162,20 @@ def client_class() -> Any:
                     return info
                 self._inflight_messages += 1
                 message.state = wait_for_puback
-                packet = bytearray((0x32 | bool(retain),))
-                self._pack_remaining_length(packet, 4 + len(name) + len(payload))
-                packet += len(name).to_bytes(2, "big")
-                packet += name
-                packet += mid.to_bytes(2, "big")
-                packet += payload
+                packet = _publish_packet(0x32 | bool(retain), name, mid.to_bytes(2, "big"), payload)
                 self._packet_queue(PUBLISH, packet, mid, 1, info)
             return info
 
         def _packet_write(self):
-            # Consecutive QoS 1 PUBLISHes and PUBACKs (nothing to do once written) go out in one send.
+            # Consecutive PUBLISHes and PUBACKs go out in one send (a QoS 0 publish is done once written).
             out = self._out_packet
+            no_callback = self.on_publish is None
             while len(out) > 1:
                 group: list[Any] = []
                 while out and len(group) < 1000:
                     packet = out[0]
                     kind = packet["command"] & 0xF0
-                    if packet["pos"] or not (kind == PUBACK or (kind == PUBLISH and packet["qos"])):
+                    if packet["pos"] or not (kind == PUBACK or (kind == PUBLISH and (packet["qos"] or no_callback))):
                         break
                     group.append(out.popleft())
                 if len(group) < 2:
@@ -187,6 +204,8 @@ def client_class() -> Any:
                     written -= packet["to_process"]
                     packet["to_process"] = 0
                     done += 1
+                    if not packet["qos"] and packet["info"] is not None:  # a QoS 0 publish is done once written
+                        packet["info"]._set_as_published()
                 if done < len(group):
                     out.extendleft(reversed(group[done:]))
                     return success  # the socket is full: paho waits until it is writable
