@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default {DEFAULT_WINDOW})",
     )
     p.add_argument(
+        "--split-file",
+        metavar="FILE",
+        default=None,
+        help="replay this validation split as wattcast run prepared it (.npz) instead of reading --data",
+    )
+    p.add_argument(
         "--capture",
         metavar="FILE",
         default=None,
@@ -149,6 +155,22 @@ def replay_a_capture(args: argparse.Namespace) -> int:
     return 0 if not stop.is_set() else 130
 
 
+def load_streams(args: argparse.Namespace) -> list:
+    """The houses to replay: from ``--split-file`` (NumPy only), or from the data file (read with pandas)."""
+    from simulator.streams import house_streams, streams_of
+
+    if args.split_file:
+        from wattcast.split_file import read_split
+
+        return streams_of(*read_split(args.split_file), args.houses, args.limit)
+    from wattcast.data import data_notes, load_split
+
+    split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))  # DataError: a ValueError
+    for note in data_notes(split.info):
+        print(f"simulator: data: {note}", file=sys.stderr)
+    return house_streams(split.val, args.houses, args.limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -156,22 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         return replay_a_capture(args)
     from simulator.readiness import wait_for_nodes
     from simulator.replay import Simulator
-    from simulator.streams import house_streams
     from wattcast.contract import status_topic
-    from wattcast.data import DataError, data_notes, load_split
     from wattcast.node import NodeStats, StopFlag, connect, process_age_s, settle_heap, status
 
     stop = StopFlag()
     try:
         if args.houses < 1:
             raise ValueError("--houses must be at least 1")
-        split = load_split(args.data, args.fraction, args.seed, columns_from_args(args))
-        for note in data_notes(split.info):
-            print(f"simulator: data: {note}", file=sys.stderr)
-        streams = house_streams(split.val, args.houses, args.limit)
+        streams = load_streams(args)
         # A clean session: a persistent one could hand a new replay forecasts queued during an old one.
         bus = connect(broker_from_args(args), args.node, "simulator", session=False)
-    except (DataError, ConnectionError, ValueError, OSError) as exc:
+    except (ConnectionError, ValueError, OSError) as exc:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -66,9 +66,13 @@ def absent_columns(values: np.ndarray) -> tuple[int, ...]:
 
 
 def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
-    n = len(val)
-    ts = val["ts"].to_numpy(np.int64)
-    values = val[list(READING_FIELDS)].to_numpy(np.float64)
+    """The houses of a validation split (a data frame of ``wattcast.data``)."""
+    return streams_of(val["ts"].to_numpy(np.int64), val[list(READING_FIELDS)].to_numpy(np.float64), houses, limit)
+
+
+def streams_of(ts: np.ndarray, values: np.ndarray, houses: int, limit: int | None = None) -> list[HouseStream]:
+    """The houses of a split's arrays: unix seconds, and measurements in READING_FIELDS order (n, 7)."""
+    n = len(ts)
     length = n if limit is None else min(n, limit)
     absent = absent_columns(values)
     return [

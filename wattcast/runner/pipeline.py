@@ -56,7 +56,9 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     # Everything that can be checked is checked before anything starts: the data (read and
     # validated: a bad value fails here naming file and row), and what the machine can do.
     from wattcast.capacity import Plan, check
+    from wattcast.contract import READING_FIELDS
     from wattcast.data import data_notes, load_split
+    from wattcast.split_file import write_split
 
     notes: list[str] = []
     args = _resolve_models(args, notes)
@@ -83,7 +85,11 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     try:
         if args.engine == "rabbitmq":
             return run_on_cluster(args, say, t0, store_path, log_dir)
-        return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes)
+        # the simulator replays the split read here (wattcast/split_file.py), not the data file again
+        val = split.val
+        replayed = write_split(store_path.parent / "split.npz", val["ts"].to_numpy(), val[list(READING_FIELDS)].to_numpy())
+        data_args = ["--split-file", str(replayed.resolve())]
+        return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes, data_args)
     except StartError as exc:
         if created:
             import shutil
@@ -154,7 +160,9 @@ def _models_for_the_data(args: RunOptions, val, say) -> RunOptions:
     return replace(args, models=models)
 
 
-def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int) -> dict[str, Any]:
+def _run(
+    args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, total: int, data_args: list[str]
+) -> dict[str, Any]:
     broker = None
     run_id = new_run_id()  # on every message of this replay: the store, the report and a shared broker tell runs apart
     # Node ids (and MQTT client ids wattcast-<id>) are the same in every run and on any broker:
@@ -207,15 +215,6 @@ def _run(args, say, view, t0, store_path: Path, state_dir: Path, log_dir: Path, 
         if config.username:
             return {**env, ENV_USERNAME: config.username, ENV_PASSWORD: config.password or ""}
         return env
-
-    data_args = []
-    if args.data:
-        data_args += ["--data", str(args.data)]
-    if args.fraction is not None:
-        data_args += ["--fraction", str(args.fraction)]
-    data_args += ["--seed", str(args.seed)]
-    if args.columns is not None:
-        data_args += args.columns.argv()
 
     children: list[Child] = []
     interrupt = Interrupt()
