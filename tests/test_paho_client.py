@@ -206,3 +206,17 @@ def test_queued_packets_go_out_in_one_send_and_a_partial_send_loses_nothing(limi
     assert all(p["info"].is_published() for p in infos if p["qos"] == 0 and p["info"] is not None)
     peer.close()
     ref.close()
+
+
+def test_another_paho_release_gets_paho_s_own_paths_with_the_buffered_socket(monkeypatch):
+    import paho.mqtt
+
+    client_class.cache_clear()
+    try:
+        monkeypatch.setattr(paho.mqtt, "__version__", "2.9.0")
+        plain = client_class()
+        assert not hasattr(plain, "_fast_publish") and "_create_socket" in vars(plain)
+    finally:
+        monkeypatch.undo()
+        client_class.cache_clear()
+    assert hasattr(client_class(), "_fast_publish")

@@ -68,12 +68,27 @@ def _publish_packet(command: int, topic: bytes, mid: bytes, payload: bytes) -> b
     return packet
 
 
+#: paho-mqtt releases whose internals the short paths were written and tested against
+SHORT_PATH_PAHO = ("2.2.",)
+
+
 @functools.cache
 def client_class() -> Any:
-    """The paho Client subclass (built on first use: paho is imported only by nodes that speak MQTT)."""
+    """The paho Client subclass (built on first use: paho is imported only by nodes that speak MQTT).
+
+    With a paho release other than :data:`SHORT_PATH_PAHO` only the buffered socket is
+    used: the short paths touch paho's private state, which another release may change.
+    """
+    import paho.mqtt
     import paho.mqtt.client as mqtt
 
-    base: Any = mqtt.Client
+    class Buffered(mqtt.Client):
+        def _create_socket(self):  # paho 2.x: opens the connection's socket (and wraps it in TLS)
+            return buffered(super()._create_socket())
+
+    if not paho.mqtt.__version__.startswith(SHORT_PATH_PAHO):
+        return Buffered
+    base: Any = Buffered
     success = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     time_func = mqtt.time_func
     again = mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
@@ -88,9 +103,6 @@ def client_class() -> Any:
     class Client(base):
         #: set by the bus: where a received PUBLISH goes (None: paho's on_message)
         deliver: Deliver | None = None
-
-        def _create_socket(self):  # paho 2.x: opens the connection's socket (and wraps it in TLS)
-            return buffered(super()._create_socket())
 
         def _packet_read(self):
             sock = self._sock
