@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
 import re
 import threading
 import time
@@ -38,7 +37,7 @@ from typing import Any
 
 from wattcast.bus import shards as topology
 from wattcast.bus.amqp_connection import parameters, quiet_pika, why
-from wattcast.bus.base import BrokerConfig, Message
+from wattcast.bus.base import BrokerConfig, Inbox, Message, new_inbox
 from wattcast.contract import ALL_FORECASTS
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class AmqpBus:
     group: str | None = None
     manual_ack: bool = False
     prefetch: int = 1000
-    inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
+    inbox: Inbox = field(default_factory=new_inbox)
 
     def __post_init__(self) -> None:
         import pika

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from wattcast.bus.base import BrokerConfig, Message
+from wattcast.bus.base import BrokerConfig, Inbox, Message, new_inbox
 from wattcast.bus.paho_client import client_class
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class MqttBus:
     will: tuple[str, bytes] | None = None
     max_inflight: int = 100
     manual_ack: bool = False
-    inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
+    inbox: Inbox = field(default_factory=new_inbox)
 
     def __post_init__(self) -> None:
         import paho.mqtt.client as mqtt
