@@ -87,7 +87,9 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
             return run_on_cluster(args, say, t0, store_path, log_dir)
         # the simulator replays the split read here (wattcast/split_file.py), not the data file again
         val = split.val
-        replayed = write_split(store_path.parent / "split.npz", val["ts"].to_numpy(), val[list(READING_FIELDS)].to_numpy())
+        replayed = write_split(
+            store_path.parent / f"{store_path.stem}-split.npz", val["ts"].to_numpy(), val[list(READING_FIELDS)].to_numpy()
+        )
         data_args = ["--split-file", str(replayed.resolve())]
         return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes, data_args)
     except StartError as exc:
