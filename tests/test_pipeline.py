@@ -213,7 +213,13 @@ def test_predictor_killed_mid_replay_resumes_where_it_stopped(module_broker, val
             log=logs / "sim.log",
         )  # 150 readings/s: about 4 s
         procs.append(sim)
-        time.sleep(1.5)
+        # kill it once it has checkpointed a house (a condition, not a delay: on a fast or a busy
+        # machine a fixed wait could kill it before its first checkpoint or after the replay)
+        checkpoint = tmp_path / "state" / "predictor-linear-rs.json"
+        deadline = time.monotonic() + 60
+        while not (checkpoint.exists() and '"h000"' in checkpoint.read_text()):
+            assert time.monotonic() < deadline, "the linear predictor wrote no checkpoint of h000 in 60 s"
+            time.sleep(0.02)
         predictors["linear"].send_signal(signal.SIGKILL)
         predictors["linear"].wait()
         time.sleep(0.5)
