@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wattcast.contract import READING_FIELDS, house_ids
+from wattcast.contract import house_ids
+from wattcast.split_file import arrays_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,7 +68,7 @@ def absent_columns(values: np.ndarray) -> tuple[int, ...]:
 
 def house_streams(val: pd.DataFrame, houses: int, limit: int | None = None) -> list[HouseStream]:
     """The houses of a validation split (a data frame of ``wattcast.data``)."""
-    return streams_of(val["ts"].to_numpy(np.int64), val[list(READING_FIELDS)].to_numpy(np.float64), houses, limit)
+    return streams_of(*arrays_of(val), houses, limit)
 
 
 def streams_of(ts: np.ndarray, values: np.ndarray, houses: int, limit: int | None = None) -> list[HouseStream]:

@@ -10,10 +10,16 @@ the meter lacks one).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from wattcast.contract import READING_FIELDS
+
+
+def arrays_of(val: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(ts, values) of a split's data frame (``wattcast.data``): what a simulator replays."""
+    return val["ts"].to_numpy(np.int64), val[list(READING_FIELDS)].to_numpy(np.float64)
 
 
 def write_split(path: str | Path, ts: np.ndarray, values: np.ndarray) -> Path:

@@ -152,8 +152,8 @@ class MqttBus:
         if done is not None:
             done.set()
 
-    def _on_message(self, client, userdata, msg) -> None:
-        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain), time.time(), msg.mid, msg.qos))
+    def _on_message(self, client, userdata, msg) -> None:  # what paho_client's short paths leave to paho
+        self._deliver(msg.topic, msg.payload, bool(msg.retain), msg.mid, msg.qos)
 
     def _deliver(self, topic: str, payload: bytes, retain: bool, mid: int, qos: int) -> None:
         self.inbox.put(Message(topic, payload, retain, time.time(), mid, qos))

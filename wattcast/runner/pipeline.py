@@ -56,9 +56,8 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
     # Everything that can be checked is checked before anything starts: the data (read and
     # validated: a bad value fails here naming file and row), and what the machine can do.
     from wattcast.capacity import Plan, check
-    from wattcast.contract import READING_FIELDS
     from wattcast.data import data_notes, load_split
-    from wattcast.split_file import write_split
+    from wattcast.split_file import arrays_of, write_split
 
     notes: list[str] = []
     args = _resolve_models(args, notes)
@@ -86,10 +85,7 @@ def run(args: RunOptions, progress=None, view=None) -> dict[str, Any]:
         if args.engine == "rabbitmq":
             return run_on_cluster(args, say, t0, store_path, log_dir)
         # the simulator replays the split read here (wattcast/split_file.py), not the data file again
-        val = split.val
-        replayed = write_split(
-            store_path.parent / f"{store_path.stem}-split.npz", val["ts"].to_numpy(), val[list(READING_FIELDS)].to_numpy()
-        )
+        replayed = write_split(store_path.parent / f"{store_path.stem}-split.npz", *arrays_of(split.val))
         data_args = ["--split-file", str(replayed.resolve())]
         return _run(args, say, view, t0, store_path, state_dir, log_dir, args.houses * minutes, data_args)
     except StartError as exc:
